@@ -1,0 +1,280 @@
+"""The ``mkeval`` command: a thin shell over the library. ``rich`` lives here and in the report layer only.
+
+Exit codes: 0 success; 1 a run finished with failed cells, or ``check`` found a broken
+contract; 2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .errors import MkevalError, UsageError
+
+console = Console(stderr=True)
+out = Console()
+if not out.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
+    out = Console(width=200)
+
+
+def _positive_int(option: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{option} must be positive, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mkeval", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="show every registered plugin by kind, with its distribution and load errors")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    p = sub.add_parser("run", help="train and evaluate the matrix models x datasets x seq lens x precisions x seeds")
+    p.add_argument("--models", help="comma-separated model names (default: every registered model)")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: markov)")
+    p.add_argument("--tasks", help="comma-separated downstream tasks or groups")
+    p.add_argument("--precisions", help="comma-separated precision names (default: fp32)")
+    p.add_argument("--bits", help="comma-separated bit widths, an alias for --precisions (32 -> fp32, 16 -> fp16)")
+    p.add_argument("--seq-len", help="comma-separated sequence lengths (default: 128)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: 0)")
+    p.add_argument("--train-tokens", type=_positive_int("--train-tokens"), help="training budget in tokens")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), help="sequences per optimiser step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--eval-interval", type=_positive_int("--eval-interval"), help="steps between validations")
+    p.add_argument("--model-size", help="size preset for every model (e.g. tiny, small, base)")
+    p.add_argument("--output-dir", default="results", help="where result files go (default: results)")
+    p.add_argument("--data-dir", help="root folder of local dataset files")
+    p.add_argument("--config", help="YAML file of protocol fields (flags override it)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="skip cells whose result exists for the same cell hash")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p.add_argument("--limit", type=_positive_int("--limit"), help="evaluate at most N windows per split (quick runs)")
+
+    p = sub.add_parser("report", help="print a comparison table of a results directory; write report.md and .csv")
+    p.add_argument("directory")
+
+    p = sub.add_parser("check", help="run the model contract checks on a registered model")
+    p.add_argument("model")
+    p.add_argument("--size", help="size preset")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=24)
+    p.add_argument("--vocab-size", type=_positive_int("--vocab-size"), default=37)
+
+    p = sub.add_parser("bench", help="run a registered benchmark (e.g. bk-core, mamba-scan)")
+    p.add_argument("name")
+    p.add_argument("--seq-len", help="comma-separated sequence lengths")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"))
+    p.add_argument("--models", help="comma-separated model names")
+    p.add_argument("--repeats", type=_positive_int("--repeats"))
+    p.add_argument("--device")
+    p.add_argument("--output", help="JSON file for the results (default: bench_NAME.json)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "check": cmd_check,
+                "bench": cmd_bench}[args.command](args)
+    except (UsageError, MkevalError) as exc:
+        console.print(f"[bold red]mkeval: error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; finished cells are saved, rerun with --resume to continue")
+        return 130
+
+
+# ---------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    registry = get_registry()
+    if args.json:
+        data: dict[str, Any] = {
+            kind: [{"name": e.spec.name, "plugin": e.plugin, "distribution": e.distribution,
+                    "description": e.spec.description} for e in sorted(entries.values(), key=lambda e: e.spec.name)]
+            for kind, entries in registry.entries.items()
+        }
+        data["clashes"] = [{"kind": k, "name": n, "distributions": [e.distribution for e in es]}
+                           for (k, n), es in registry.clashes.items()]
+        data["load_errors"] = [{"plugin": e.plugin, "distribution": e.distribution, "error": e.error}
+                               for e in registry.load_errors]
+        out.print_json(json.dumps(data))
+        return 0
+    for kind, entries in registry.entries.items():
+        table = Table(title=f"{kind}s", title_justify="left")
+        for col in ("name", "distribution", "plugin", "description"):
+            table.add_column(col)
+        for e in sorted(entries.values(), key=lambda e: e.spec.name):
+            table.add_row(e.spec.name, e.distribution, e.plugin, e.spec.description)
+        for (k, name), es in registry.clashes.items():
+            if k == kind:
+                table.add_row(f"[red]{name}[/]", " and ".join(e.distribution for e in es), "",
+                              "[red]registered by more than one plugin: unusable until one is removed[/]")
+        out.print(table)
+    if registry.load_errors:
+        table = Table(title="plugins that failed to load", title_justify="left")
+        for col in ("plugin", "distribution", "error"):
+            table.add_column(col)
+        for e in registry.load_errors:
+            table.add_row(e.plugin, e.distribution, e.error)
+        out.print(table)
+    return 0
+
+
+# ---------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    kwargs = dict(
+        models=args.models, datasets=args.datasets, tasks=args.tasks, precisions=args.precisions, bits=args.bits,
+        seq_len=args.seq_len, seeds=args.seeds, train_tokens=args.train_tokens, output_dir=args.output_dir,
+        data_dir=args.data_dir, config=args.config, resume=args.resume, dry_run=args.dry_run, limit=args.limit,
+        device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
+        model_size=args.model_size,
+    )
+    if args.dry_run:
+        result = run(**kwargs)
+        table = Table(title=f"{len(result.cells)} cells (protocol {result.protocol.hash})", title_justify="left")
+        for col in ("cell", "hash", "status"):
+            table.add_column(col)
+        for c in result.cells:
+            table.add_row(c.name, c.cell_hash, c.status)
+        out.print(table)
+        return 0
+    with RunProgress() as progress:
+        result = run(progress=progress, **kwargs)
+    for c in result.failed:
+        console.print(f"[red]failed[/] {c.name}: {c.error} (traceback: {result.output_dir / c.traceback_file})")
+    ok = sum(1 for c in result.cells if c.status in ("ok", "resumed"))
+    console.print(f"{ok}/{len(result.cells)} cells finished; results in {result.output_dir}. "
+                  f"Compare them with: mkeval report {result.output_dir}")
+    return 1 if result.failed else 0
+
+
+class RunProgress:
+    """Progress bars for the matrix and the current cell (step, loss, tokens/s, ETA)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                             console=console, transient=False)
+        self.matrix = None
+        self.cell = None
+
+    def __enter__(self) -> "RunProgress":
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "plan":
+            self.matrix = self.bars.add_task("matrix", total=len(info["cells"]), info="")
+        elif event == "cell_start":
+            if self.cell is not None:
+                self.bars.remove_task(self.cell)
+            self.cell = self.bars.add_task(info["name"], total=info["steps"], info="")
+        elif event == "step" and self.cell is not None:
+            self.bars.update(self.cell, completed=info["step"],
+                             info=f"loss {info['loss']:.3f}  {info['tokens_per_second']:,.0f} tok/s")
+        elif event == "eval" and self.cell is not None:
+            self.bars.console.print(f"  step {info['step']}/{info['steps']}: validation perplexity {info['perplexity']:.3f}")
+        elif event == "cell_end" and self.matrix is not None:
+            self.bars.advance(self.matrix)
+            self.bars.console.print(f"{info['name']}: {info['status']}")
+
+
+# ---------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import COLUMNS, build_report, write_report
+
+    report = build_report(args.directory)
+    table = Table(title=f"results in {args.directory} (params: non-embedding; gap: test ppl over the optimum)",
+                  title_justify="left", padding=(0, 1), pad_edge=False)
+    for c in COLUMNS:
+        table.add_column(c.header, justify="left" if c.header in ("model", "dataset", "prec") else "right",
+                         no_wrap=c.header in ("model", "dataset"))
+    for row in report.rows():
+        table.add_row(*row)
+    out.print(table)
+    for f in report.failed:
+        out.print(f"[red]failed[/] {f['name']}: {f.get('error')}")
+    md, csv_path = write_report(report, args.directory)
+    console.print(f"wrote {md} and {csv_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- check
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import check_model
+
+    results = check_model(args.model, vocab_size=args.vocab_size, seq_len=args.seq_len, size=args.size)
+    table = Table(title=f"contract checks: {args.model}", title_justify="left")
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
+    out.print(table)
+    return 0 if all(r.passed for r in results) else 1
+
+
+# ---------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+    from .results import write_json
+    from .runner import parse_ints, split_names
+
+    spec = get_registry().get("benchmark", args.name, option="mkeval bench")
+    result = spec.run(seq_lens=parse_ints(args.seq_len, "--seq-len"), batch_size=args.batch_size,
+                      models=split_names(args.models, "--models"), repeats=args.repeats, device=args.device)
+    table = Table(title=f"bench {args.name}", title_justify="left")
+    for c in result.columns:
+        table.add_column(c, justify="right")
+    for row in result.rows:
+        table.add_row(*[_cell(row.get(c)) for c in result.columns])
+    out.print(table)
+    for note in result.notes:
+        out.print(note)
+    path = Path(args.output or f"bench_{args.name}.json")
+    write_json(path, {"benchmark": args.name, "rows": result.rows, "notes": result.notes, "meta": result.meta})
+    console.print(f"wrote {path}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

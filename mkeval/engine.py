@@ -1,0 +1,226 @@
+"""One language-modelling cell, end to end: build, measure, train, pick the best checkpoint, test."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import logging
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .batching import limit_windows, make_windows
+from .errors import CellFailed
+from .evaluation import evaluate_lm
+from .measure import PeakMemory, count_step_flops, describe_device
+from .models import build_model, count_parameters, model_size_mb
+from .protocol import Protocol, stable_hash
+from .registry import Registry
+from .results import CellResult
+from .specs import LMData
+from .training import Progress, lm_loss, load_checkpoint, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the matrix."""
+
+    model: str
+    dataset: str
+    seq_len: int
+    precision: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class CellPlan:
+    """A cell with everything that identifies its result."""
+
+    cell: Cell
+    name: str  # result file stem
+    cell_hash: str
+    model_size: str | None
+    model_options: dict[str, Any]
+    data_dir: str | None
+    limit: int | None
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
+                "data_dir": self.data_dir, "limit": self.limit}
+
+
+def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
+    """The run protocol narrowed to one cell's sequence length and seed."""
+    return protocol.replace(seq_lens=(cell.seq_len,), seeds=(cell.seed,))
+
+
+def plan_hash(protocol: Protocol, cell: Cell, identity: dict[str, Any]) -> str:
+    """Identity of a cell's result: same hash, same number (used by ``--resume``)."""
+    return stable_hash({"protocol": cell_protocol(protocol, cell).to_dict(), **identity})
+
+
+def run_cell(
+    plan: CellPlan,
+    data: LMData,
+    protocol: Protocol,
+    registry: Registry,
+    output_dir: Path,
+    device: torch.device,
+    run_info: dict[str, Any],
+    progress: Progress | None = None,
+) -> CellResult:
+    """Train and evaluate one cell; raises ``CellFailed`` (or any error) when it cannot finish."""
+    cell = plan.cell
+    precision = registry.get("precision", cell.precision)
+    where = f"dataset {cell.dataset!r}"
+    splits = {}
+    for split in ("train", "valid", "test"):
+        if split not in data.splits:
+            raise CellFailed(f"{where} has no {split!r} split (it has {', '.join(data.splits)})")
+        splits[split] = make_windows(data.splits[split], cell.seq_len, cover_tail=split != "train",
+                                     where=f"{where}, split {split!r}")
+    val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit or 0)
+    test = limit_windows(splits["test"], protocol.test_tokens, plan.limit or 0)
+
+    model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
+                        registry=registry, **plan.model_options).to(device)
+    counts = count_parameters(model)
+    size_mb = model_size_mb(model)
+    probe = splits["train"].inputs[: protocol.batch_size].to(device)
+    flops = count_step_flops(
+        model, probe,
+        lambda logits: lm_loss(logits, splits["train"].targets[: protocol.batch_size].to(device),
+                               torch.ones_like(probe, dtype=torch.bool)),
+        registry.flop_formulas,
+    )
+    torch.manual_seed(cell.seed)  # the FLOP probe must not change what training sees
+    checkpoint = output_dir / "checkpoints" / f"{plan.name}.safetensors"
+    with PeakMemory(device) as memory:
+        outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
+                        checkpoint, progress)
+    final_eval = outcome.val_evals[-1]
+    best_eval = outcome.best_eval
+    load_checkpoint(model, checkpoint, device)
+    test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device)
+    gap = None
+    if data.optimal_perplexity is not None:
+        gap = test_eval.perplexity / data.optimal_perplexity - 1
+
+    model_entry = registry.entry("model", cell.model)
+    config = {
+        "protocol": protocol.to_dict(),
+        "cell": cell.__dict__,
+        "model": {
+            "name": cell.model,
+            "size": plan.model_size,
+            "options": plan.model_options,
+            "plugin": model_entry.plugin,
+            "distribution": model_entry.distribution,
+            "backend": getattr(model, "backend", None),
+            "causal": getattr(model, "causal", True),
+            "no_weight_decay": outcome.no_decay,
+        },
+        "dataset": {
+            "name": cell.dataset,
+            "data_dir": plan.data_dir,
+            "vocab_size": data.vocab_size,
+            "info": data.info,
+            "windows": {"train": len(splits["train"]), "valid": len(val), "test": len(test)},
+            "scored_tokens": {"valid": val.scored_tokens, "test": test.scored_tokens},
+            "splits": {name: s.info for name, s in data.splits.items()},
+        },
+        "precision": {
+            "name": precision.name,
+            "bits": precision.bits,
+            "autocast_dtype": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else None,
+            "loss_scaling": precision.grad_scaling and device.type == "cuda",
+        },
+        "limit": plan.limit,
+        "measurement": {
+            "flops": "torch.utils.flop_counter.FlopCounterMode, one batch of batch_size x seq_len",
+            "custom_flop_formulas": sorted(str(op) for op in registry.flop_formulas),
+            "memory_method": memory.method,
+            "tokens_per_second": "training tokens / seconds spent in optimiser steps",
+        },
+        "run": run_info,
+    }
+    return CellResult(
+        model_name=cell.model,
+        dataset=cell.dataset,
+        seq_len=cell.seq_len,
+        bits=precision.bits,
+        precision=precision.name,
+        seed=cell.seed,
+        final_loss=outcome.interval_losses[-1],
+        final_perplexity=final_eval.perplexity,
+        best_perplexity=best_eval.perplexity,
+        training_time=outcome.wall_seconds,
+        forward_flops=flops.forward,
+        backward_flops=flops.backward,
+        total_flops=(flops.forward + flops.backward) * outcome.steps,
+        peak_memory_mb=memory.peak_mb,
+        model_size_mb=size_mb,
+        epoch_losses=outcome.interval_losses,
+        epoch_perplexities=[e.perplexity for e in outcome.val_evals],
+        config=config,
+        test_perplexity=test_eval.perplexity,
+        test_loss=test_eval.loss,
+        test_accuracy=test_eval.accuracy,
+        test_tokens=test_eval.tokens,
+        optimal_perplexity=data.optimal_perplexity,
+        perplexity_gap=gap,
+        eval_steps=outcome.eval_steps,
+        best_step=outcome.best_step,
+        steps=outcome.steps,
+        train_tokens=outcome.tokens_trained,
+        tokens_per_second=outcome.tokens_trained / outcome.train_seconds if outcome.train_seconds else 0.0,
+        skipped_batches=outcome.skipped_nonfinite,
+        total_params=counts.total,
+        non_embedding_params=counts.non_embedding,
+        protocol_hash=protocol.hash,
+        cell_hash=plan.cell_hash,
+        checkpoint=str(checkpoint.relative_to(output_dir)),
+        versions=versions(registry, cell),
+        device=describe_device(device),
+        git_revision=run_info.get("git_revision"),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def versions(registry: Registry, cell: Cell) -> dict[str, str]:
+    """Versions of everything that can change the number."""
+    out = {"mkeval": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for dist in ("transformers", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for kind, name in (("model", cell.model), ("dataset", cell.dataset), ("precision", cell.precision)):
+        dist = registry.entry(kind, name).distribution
+        try:
+            out[f"{kind}_plugin:{dist}"] = importlib.metadata.version(dist)
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            out[f"{kind}_plugin:{dist}"] = "unknown"
+    return out
+
+
+def git_revision() -> str | None:
+    """The commit of the mkeval source tree (with ``+dirty`` for local changes), if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

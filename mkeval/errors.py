@@ -1,0 +1,17 @@
+"""Exceptions. A `UsageError` is bad input: the CLI prints it and exits with code 2."""
+
+
+class MkevalError(Exception):
+    """Base class for every error mkeval raises on purpose."""
+
+
+class UsageError(MkevalError, ValueError):
+    """Bad input from the user: a name, a value, a file. Says what, where and how to fix."""
+
+
+class PluginError(MkevalError):
+    """A plugin broke its contract or two plugins clash."""
+
+
+class CellFailed(MkevalError):
+    """A matrix cell could not produce a result (the run records it and goes on)."""

@@ -1,0 +1,194 @@
+"""The one protocol: every training and evaluation hyperparameter of a run, in one dataclass.
+
+Every model in a run gets the same protocol; its full contents and a stable hash go
+into every result. CLI flags and a YAML file (``--config``) both set it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Hyperparameters shared by every cell of a run. Units are in the field comments."""
+
+    # optimiser: AdamW; no decay on norms, biases, embeddings and what a model marks
+    optimizer: str = "adamw"
+    lr: float = 3e-3  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    # schedule: linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    # data and budget
+    batch_size: int = 16  # sequences per optimiser step
+    seq_lens: tuple[int, ...] = (128,)  # one cell per length
+    train_tokens: int = 262_144  # training budget in tokens; steps = train_tokens // (batch_size * seq_len)
+    eval_interval: int = 25  # optimiser steps between validation evaluations
+    eval_tokens: int = 32_768  # tokens scored per validation evaluation (0 = whole split)
+    test_tokens: int = 0  # tokens scored in the final test evaluation (0 = whole split)
+    seeds: tuple[int, ...] = (0,)  # model initialisation and batch order; one cell per seed
+    data_seed: int = 1234  # the data itself (synthetic sources), the same for every seed and model
+    model_size: str | None = None  # size preset for every model (None: each model's default)
+    # robustness
+    max_nonfinite: int = 5  # consecutive non-finite losses that fail a cell
+
+    def __post_init__(self) -> None:
+        for name in ("seq_lens", "seeds", "betas"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, name: str, what: str) -> None:
+            if not cond:
+                raise UsageError(f"protocol field {name!r}: {what} (got {getattr(self, name)!r})")
+
+        need(self.optimizer == "adamw", "optimizer", "only 'adamw' is supported")
+        need(_finite_pos(self.lr), "lr", "must be a positive number")
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
+        need(_finite_pos(self.eps), "eps", "must be positive")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
+        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        need(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        need(_pos_int(self.batch_size), "batch_size", "must be a positive integer")
+        need(len(self.seq_lens) > 0 and all(_pos_int(n) for n in self.seq_lens), "seq_lens",
+             "sequence lengths must be positive integers")
+        need(_pos_int(self.train_tokens), "train_tokens", "must be a positive integer")
+        need(_pos_int(self.eval_interval), "eval_interval", "must be a positive integer")
+        need(isinstance(self.eval_tokens, int) and self.eval_tokens >= 0, "eval_tokens", "must be an integer >= 0")
+        need(isinstance(self.test_tokens, int) and self.test_tokens >= 0, "test_tokens", "must be an integer >= 0")
+        need(len(self.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in self.seeds), "seeds",
+             "seeds must be integers >= 0")
+        need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
+        need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        for n in self.seq_lens:
+            if self.batch_size * n > self.train_tokens:
+                raise UsageError(
+                    f"protocol: train_tokens={self.train_tokens} is less than one batch "
+                    f"(batch_size {self.batch_size} x seq_len {n}); raise --train-tokens"
+                )
+
+    # ------------------------------------------------------------------ derived
+    def steps(self, seq_len: int) -> int:
+        """Optimiser steps for one cell at ``seq_len``."""
+        return self.train_tokens // (self.batch_size * seq_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(self.to_dict())
+
+    def replace(self, **changes: Any) -> "Protocol":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "protocol") -> "Protocol":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"{source}: unknown protocol field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+
+RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit")
+"""Keys a config file may hold besides protocol fields (what to run, not how)."""
+
+
+def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a YAML config: ``(protocol_fields, run_keys)``. Errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read ({exc.strerror})") from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UsageError(f"{where}: malformed YAML: {problem}") from exc
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}:1: a config file must be a mapping of field: value")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in root.value} if isinstance(root, yaml.MappingNode) else {}
+    known = {f.name: f for f in fields(Protocol)}
+    protocol_values: dict[str, Any] = {}
+    run_values: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{path}:{lines.get(key, 1)}"
+        if key in RUN_KEYS:
+            run_values[key] = value
+        elif key in known:
+            protocol_values[key] = _coerce(key, value, where)
+        else:
+            choices = ", ".join(sorted(list(known) + list(RUN_KEYS)))
+            raise UsageError(f"{where}: unknown config key {key!r}; known keys: {choices}")
+    try:
+        Protocol(**{**Protocol().to_dict(), **protocol_values})
+    except UsageError as exc:
+        bad = next((k for k in protocol_values if repr(k) in str(exc)), None)
+        where = f"{path}:{lines.get(bad, 1)}" if bad else str(path)
+        raise UsageError(f"{where}: {exc}") from exc
+    return protocol_values, run_values
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    default = getattr(Protocol(), key)
+    if isinstance(default, tuple):
+        value = value if isinstance(value, list) else [value]
+        return tuple(value)
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if default is not None and type(value) is not type(default):
+        raise UsageError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def stable_hash(obj: Any) -> str:
+    """First 16 hex digits of the SHA-256 of canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(_plain(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _finite_pos(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _pos_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+

@@ -1,0 +1,362 @@
+"""The runner: validate a request, expand it into cells, run each (resuming, isolating failures), write results.
+
+Everything that can be checked is checked before the first cell trains, so bad input
+leaves the output directory untouched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .engine import Cell, CellPlan, git_revision, plan_hash, run_cell
+from .errors import CellFailed, UsageError
+from .protocol import Protocol, load_config
+from .registry import Registry, get_registry
+from .results import (
+    SUMMARY_FILE,
+    CellResult,
+    CellStatus,
+    finished_cells,
+    multi_dataset_summary,
+    write_json,
+    write_text,
+)
+from .specs import DataRequest, LMData
+from .training import Progress
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASETS = ("markov",)
+DEFAULT_PRECISIONS = ("fp32",)
+
+
+@dataclass
+class RunResult:
+    """What ``mkeval.run`` returns."""
+
+    cells: list[CellStatus]
+    results: list[CellResult]
+    output_dir: Path | None
+    protocol: Protocol
+    dry_run: bool = False
+    multi_dataset_files: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[CellStatus]:
+        return [c for c in self.cells if c.status == "failed"]
+
+
+def split_names(value: str | Sequence[str] | None, option: str) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; empty items are an error naming the option."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(i).strip() for i in items]
+    if not names or any(not n for n in names):
+        raise UsageError(f"{option}: empty name in {value!r}")
+    return list(dict.fromkeys(names))
+
+
+def parse_ints(value: str | int | Sequence[int] | None, option: str, minimum: int = 1) -> list[int] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, int) else list(value))
+    out = []
+    for item in items:
+        try:
+            number = int(str(item).strip())
+        except ValueError:
+            raise UsageError(f"{option}: {str(item).strip()!r} is not an integer") from None
+        if number < minimum:
+            raise UsageError(f"{option}: {number} must be >= {minimum}")
+        out.append(number)
+    if not out:
+        raise UsageError(f"{option}: no value given")
+    return list(dict.fromkeys(out))
+
+
+def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: list[int] | None) -> list[str]:
+    """Precision names from ``--precisions`` and ``--bits`` (32 -> fp32, 16 -> fp16, or a plugin's bits)."""
+    names = list(precisions or [])
+    for b in bits or []:
+        matches = [n for n in registry.names("precision") if registry.get("precision", n).bits == b]
+        preferred = {32: "fp32", 16: "fp16"}.get(b)
+        if preferred in matches:
+            names.append(preferred)
+        elif len(matches) == 1:
+            names.append(matches[0])
+        else:
+            accepted = sorted({registry.get("precision", n).bits for n in registry.names("precision")})
+            raise UsageError(f"--bits: no precision with {b} bits; accepted values: {', '.join(map(str, accepted))}")
+    names = list(dict.fromkeys(names)) or list(DEFAULT_PRECISIONS)
+    for n in names:
+        registry.get("precision", n, option="--precisions")
+    return names
+
+
+def run(
+    models: str | Sequence[str] | None = None,
+    datasets: str | Sequence[str] | None = None,
+    tasks: str | Sequence[str] | None = None,
+    precisions: str | Sequence[str] | None = None,
+    bits: str | Sequence[int] | None = None,
+    seq_len: str | Sequence[int] | int | None = None,
+    seeds: str | Sequence[int] | int | None = None,
+    train_tokens: int | None = None,
+    output_dir: str | Path = "results",
+    data_dir: str | Path | None = None,
+    config: str | Path | None = None,
+    resume: bool = False,
+    dry_run: bool = False,
+    limit: int | None = None,
+    device: str | None = None,
+    protocol: Protocol | None = None,
+    model_options: dict[str, dict[str, Any]] | None = None,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+    **protocol_fields: Any,
+) -> RunResult:
+    """Run the matrix models x datasets x seq_lens x precisions x seeds; what ``mkeval run`` does.
+
+    ``protocol`` (or ``config``, a YAML file) sets the protocol; ``seq_len``, ``seeds``,
+    ``train_tokens`` and any other protocol field given as a keyword override it.
+    """
+    registry = registry or get_registry()
+    file_protocol: dict[str, Any] = {}
+    file_run: dict[str, Any] = {}
+    if config is not None:
+        file_protocol, file_run = load_config(config)
+    models = models if models is not None else file_run.get("models")
+    datasets = datasets if datasets is not None else file_run.get("datasets")
+    tasks = tasks if tasks is not None else file_run.get("tasks")
+    precisions = precisions if precisions is not None else file_run.get("precisions")
+    data_dir = data_dir if data_dir is not None else file_run.get("data_dir")
+    limit = limit if limit is not None else file_run.get("limit")
+    if "output_dir" in file_run and str(output_dir) == "results":
+        output_dir = file_run["output_dir"]
+
+    base = protocol.to_dict() if protocol is not None else Protocol().to_dict()
+    overrides = dict(file_protocol)
+    if seq_len is not None:
+        overrides["seq_lens"] = tuple(parse_ints(seq_len, "--seq-len"))
+    if seeds is not None:
+        overrides["seeds"] = tuple(parse_ints(seeds, "--seeds", minimum=0))
+    if train_tokens is not None:
+        overrides["train_tokens"] = train_tokens
+    overrides.update({k: v for k, v in protocol_fields.items() if v is not None})
+    protocol = Protocol.from_dict({**base, **overrides}, source="protocol")
+
+    model_names = split_names(models, "--models") or registry.names("model")
+    if not model_names:
+        raise UsageError("no model plugins are installed; see `mkeval list`")
+    dataset_names = split_names(datasets, "--datasets") or list(DEFAULT_DATASETS)
+    precision_names = resolve_precisions(
+        registry, split_names(precisions, "--precisions"), parse_ints(bits, "--bits") if bits is not None else None
+    )
+    for name in model_names:
+        registry.get("model", name, option="--models")
+    for name in dataset_names:
+        registry.get("dataset", name, option="--datasets")
+    task_names = split_names(tasks, "--tasks")
+    if task_names:
+        resolve_tasks(registry, task_names)
+        raise UsageError("--tasks: downstream fine-tuning is not implemented yet; run language modelling only")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit: must be a positive integer, got {limit!r}")
+    options = model_options or {}
+    for name in options:
+        registry.get("model", name, option="model_options")
+    dev = resolve_device(device)
+    for name in precision_names:
+        spec = registry.get("precision", name)
+        reason = spec.unsupported(dev) if spec.unsupported else None
+        if reason:
+            raise UsageError(f"precision {name!r} cannot run on {dev}: {reason}")
+    for name in model_names:
+        spec = registry.get("model", name)
+        size = protocol.model_size or spec.default_size
+        if spec.sizes and size is not None and size not in spec.sizes:
+            raise UsageError(f"model_size: model {name!r} has no size {size!r}; its sizes are {', '.join(spec.sizes)}")
+        too_long = [n for n in protocol.seq_lens if spec.max_seq_len is not None and n > spec.max_seq_len]
+        if too_long:
+            raise UsageError(f"--seq-len: model {name!r} supports at most {spec.max_seq_len} tokens, asked for {too_long}")
+    data_path = Path(data_dir) if data_dir is not None else None
+    if data_path is not None and not data_path.is_dir():
+        raise UsageError(f"--data-dir: {data_path} is not a directory")
+
+    plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit)
+    out = Path(output_dir)
+    if dry_run:
+        done = finished_cells(out) if resume and out.is_dir() else {}
+        statuses = [CellStatus(p.name, p.cell_hash, "resumed" if p.cell_hash in done else "planned",
+                               config=p.identity) for p in plans]
+        return RunResult(statuses, [], None, protocol, dry_run=True)
+    check_writable(out)
+    return execute(plans, registry, protocol, out, dev, data_path, resume, progress)
+
+
+def resolve_tasks(registry: Registry, names: Iterable[str]) -> list[str]:
+    """Task names, with benchmark group names (e.g. ``glue``) expanded to their tasks."""
+    out = []
+    for name in names:
+        members = [n for n in registry.names("task") if name in registry.get("task", n).groups]
+        if members:
+            out.extend(members)
+        else:
+            registry.get("task", name, option="--tasks")
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device: CUDA was asked for, but torch sees no CUDA device")
+    return dev
+
+
+def plan_cells(
+    registry: Registry,
+    protocol: Protocol,
+    models: list[str],
+    datasets: list[str],
+    precisions: list[str],
+    model_options: dict[str, dict[str, Any]],
+    data_dir: Path | None,
+    limit: int | None,
+) -> list[CellPlan]:
+    """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison)."""
+    bits_count: dict[int, int] = {}
+    for p in precisions:
+        b = registry.get("precision", p).bits
+        bits_count[b] = bits_count.get(b, 0) + 1
+    plans = []
+    for dataset in datasets:
+        for seq_len in protocol.seq_lens:
+            for seed in protocol.seeds:
+                for precision in precisions:
+                    for model in models:
+                        cell = Cell(model, dataset, seq_len, precision, seed)
+                        bits = registry.get("precision", precision).bits
+                        name = f"{model}_{dataset}_seq{seq_len}_bits{bits}"
+                        if bits_count[bits] > 1:
+                            name += f"_{precision}"
+                        if len(protocol.seeds) > 1:
+                            name += f"_seed{seed}"
+                        size = protocol.model_size or registry.get("model", model).default_size
+                        identity = {"cell": cell.__dict__, "model_size": size,
+                                    "model_options": model_options.get(model, {}),
+                                    "data_dir": str(data_dir) if data_dir else None, "limit": limit}
+                        plans.append(CellPlan(cell, name, plan_hash(protocol, cell, identity), size,
+                                              model_options.get(model, {}), identity["data_dir"], limit))
+    return plans
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any training if results cannot be written to ``out``."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir: {out} exists and is not a directory")
+    probe_dir = out
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir: cannot write to {out} ({probe_dir} is not writable)")
+
+
+def execute(
+    plans: list[CellPlan],
+    registry: Registry,
+    protocol: Protocol,
+    out: Path,
+    device: torch.device,
+    data_dir: Path | None,
+    resume: bool,
+    progress: Progress | None,
+) -> RunResult:
+    out.mkdir(parents=True, exist_ok=True)
+    done = finished_cells(out) if resume else {}
+    run_info = {"started": _now(), "git_revision": git_revision(), "resume": resume,
+                "cells": len(plans), "protocol_hash": protocol.hash}
+    data_cache: dict[tuple[str, int], LMData] = {}
+    statuses: list[CellStatus] = []
+    results: list[CellResult] = []
+    dataset_failures: dict[str, dict[str, str]] = {}
+    if progress:
+        progress("plan", cells=[p.name for p in plans])
+    for index, plan in enumerate(plans):
+        cell = plan.cell
+        if plan.cell_hash in done:
+            path, data = done[plan.cell_hash]
+            statuses.append(CellStatus(plan.name, plan.cell_hash, "resumed", path.name, config=plan.identity))
+            results.append(CellResult.from_json(data))
+            if progress:
+                progress("cell_end", index=index, name=plan.name, status="resumed")
+            continue
+        if progress:
+            progress("cell_start", index=index, name=plan.name, steps=protocol.steps(cell.seq_len))
+        try:
+            key = (cell.dataset, cell.seq_len)
+            if key not in data_cache:
+                spec = registry.get("dataset", cell.dataset)
+                data_cache[key] = spec.load(DataRequest(seq_len=cell.seq_len, train_tokens=protocol.train_tokens,
+                                                        seed=protocol.data_seed, data_dir=data_dir))
+            result = run_cell(plan, data_cache[key], protocol, registry, out, device, run_info, progress)
+            path = out / f"{plan.name}.json"
+            write_json(path, result.to_json())
+            statuses.append(CellStatus(plan.name, plan.cell_hash, "ok", path.name, config=plan.identity))
+            results.append(result)
+            status = "ok"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failing cell must not stop the matrix
+            message = str(exc) if isinstance(exc, (CellFailed, UsageError)) else f"{type(exc).__name__}: {exc}"
+            tb_path = out / "failures" / f"{plan.name}.traceback.txt"
+            write_text(tb_path, traceback.format_exc())
+            log.error("cell %s failed: %s", plan.name, message)
+            statuses.append(CellStatus(plan.name, plan.cell_hash, "failed", error=message,
+                                       traceback_file=str(tb_path.relative_to(out)), config=plan.identity))
+            dataset_failures.setdefault(cell.model, {})[cell.dataset] = message
+            status = "failed"
+        if progress:
+            progress("cell_end", index=index, name=plan.name, status=status)
+        write_summary(out, protocol, run_info, statuses)
+
+    multi_files = []
+    dataset_names = list(dict.fromkeys(p.cell.dataset for p in plans))
+    if len(dataset_names) > 1:
+        for model in dict.fromkeys(p.cell.model for p in plans):
+            mine = [r for r in results if r.model_name == model]
+            path = out / f"{model}_multi_dataset.json"
+            write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {})))
+            multi_files.append(path)
+    run_info["finished"] = _now()
+    write_summary(out, protocol, run_info, statuses)
+    return RunResult(statuses, results, out, protocol, multi_dataset_files=multi_files)
+
+
+def write_summary(out: Path, protocol: Protocol, run_info: dict[str, Any], statuses: list[CellStatus]) -> None:
+    counts = {s: sum(1 for c in statuses if c.status == s) for s in ("ok", "resumed", "failed")}
+    write_json(out / SUMMARY_FILE, {
+        "run": run_info,
+        "protocol": protocol.to_dict(),
+        "protocol_hash": protocol.hash,
+        "counts": counts,
+        "cells": [c.__dict__ for c in statuses],
+    })
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,181 @@
+"""The four plugin contracts: what a model, dataset, precision or task plugin registers.
+
+Each spec is a frozen dataclass; the objects a spec's callables return meet the
+small ``typing.Protocol`` contracts below. ``docs/plugins.md`` explains them with
+examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+# --------------------------------------------------------------------------- models
+@runtime_checkable
+class LanguageModel(Protocol):
+    """What ``ModelSpec.build`` returns (an ``nn.Module``).
+
+    Optional extras the engine uses when present:
+    ``no_weight_decay() -> set[str]`` names parameters to exclude from weight decay
+    (norms, biases and embeddings are always excluded); ``auxiliary_loss() -> Tensor | None``
+    returns a loss from the latest forward (e.g. MoE load balancing) that training adds
+    to the LM loss and evaluation ignores.
+    """
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B, N]`` -> logits ``[B, N, V]``; position t depends only on tokens 0..t."""
+        ...
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``LongTensor[B, N]`` -> final hidden states ``[B, N, D]`` (what task heads read)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model architecture.
+
+    ``build(vocab_size, max_seq_len, size=None, **options) -> nn.Module`` builds a fresh,
+    randomly initialised model (the caller seeds torch first). ``sizes`` lists the accepted
+    ``size`` presets, ``default_size`` the one used when none is asked for. ``size_knob``
+    names an integer option that grows the non-embedding parameter count monotonically
+    (used to match parameter counts across models). ``max_seq_len`` is the longest
+    sequence the architecture supports (None: no limit).
+    """
+
+    name: str
+    build: Callable[..., nn.Module]
+    sizes: tuple[str, ...] = ()
+    default_size: str | None = None
+    size_knob: str | None = None
+    max_seq_len: int | None = None
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class TokenSplit:
+    """One split as token ids.
+
+    ``tokens`` is either a 1-D stream (evaluated in windows of ``seq_len + 1`` with stride
+    ``seq_len``, so every token after the first is predicted once) or a 2-D ``[M, L]`` block
+    of independent examples (each example is one window). ``loss_mask`` has the shape of
+    ``tokens``; True marks tokens that are scored as targets (None: all are). ``info`` holds
+    split statistics that go into results (e.g. words and bytes of the original text).
+    """
+
+    tokens: torch.Tensor
+    loss_mask: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LMData:
+    """What ``DatasetSpec.load`` returns.
+
+    ``optimal_perplexity`` is the lowest perplexity any model can reach on the scored
+    tokens when the source is known exactly (synthetic data), else None. ``info`` is
+    recorded in every result built on this data.
+    """
+
+    vocab_size: int
+    splits: dict[str, TokenSplit]
+    optimal_perplexity: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What the runner asks a dataset for.
+
+    ``seq_len`` lets example-based sources generate examples of exactly ``seq_len + 1``
+    tokens; ``train_tokens`` is the training budget (a source may generate just enough);
+    ``seed`` fixes the data itself (identical for every model and training seed).
+    """
+
+    seq_len: int
+    train_tokens: int
+    seed: int = 1234
+    data_dir: Path | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A language-modelling dataset: ``load(DataRequest) -> LMData``."""
+
+    name: str
+    load: Callable[[DataRequest], LMData]
+    synthetic: bool = False
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- precisions
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """A numeric precision for training and evaluation.
+
+    ``autocast_dtype`` (None: plain fp32) is used under ``torch.autocast`` for both
+    training and evaluation; ``grad_scaling`` turns on dynamic loss scaling where the
+    device needs it (CUDA). ``unsupported(device) -> str | None`` returns why the precision
+    cannot run on a device, checked before any training starts.
+    """
+
+    name: str
+    bits: int
+    autocast_dtype: torch.dtype | None = None
+    grad_scaling: bool = False
+    unsupported: Callable[[torch.device], str | None] | None = None
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class TaskSpec:
+    """A downstream task. ``groups`` are the benchmark names that select it (e.g. ``glue``).
+
+    ``spec`` is the task's own definition, read by the task engine.
+    """
+
+    name: str
+    groups: tuple[str, ...] = ()
+    spec: Any = None
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- benchmarks
+@dataclass
+class BenchmarkResult:
+    """What a benchmark measured: one row per configuration, ratios computed within the run."""
+
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    notes: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A benchmark behind ``mkeval bench NAME``.
+
+    ``run(seq_lens=None, batch_size=None, models=None, repeats=None, device=None) -> BenchmarkResult``;
+    each argument is None when the user did not give it, and the benchmark uses its own default.
+    """
+
+    name: str
+    run: Callable[..., BenchmarkResult]
+    description: str = ""
+
+
+KINDS: dict[str, type] = {
+    "model": ModelSpec,
+    "dataset": DatasetSpec,
+    "precision": PrecisionSpec,
+    "task": TaskSpec,
+    "benchmark": BenchmarkSpec,
+}

@@ -1,0 +1,79 @@
+"""The CLI: exit codes, messages, list, run, report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mkeval.cli import main
+
+
+def _mkeval(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mkeval", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**__import__("os").environ, "COLUMNS": "200"})
+
+
+def test_list_json_shows_first_party_plugins_with_their_distribution():
+    proc = _mkeval("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    models = {m["name"]: m for m in data["model"]}
+    assert models["transformer"]["distribution"] == "mkeval"
+    assert {d["name"] for d in data["dataset"]} >= {"markov", "mqar", "selective-copy", "induction"}
+    assert data["load_errors"] == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--models", "transfomer"], "did you mean 'transformer'"),
+    (["run", "--seq-len", "-5"], "--seq-len"),
+    (["run", "--precisions", "fp7"], "unknown precision 'fp7'"),
+    (["run", "--bits", "7"], "accepted values"),
+    (["run", "--datasets", "markov,"], "--datasets: empty name"),
+])
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "res"
+    proc = _mkeval(*args, "--output-dir", str(out))
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_malformed_config_exits_2_naming_the_line(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("lr: 0.01\nbatch_size: [1,\n")
+    out = tmp_path / "res"
+    proc = _mkeval("run", "--config", str(cfg), "--output-dir", str(out))
+    assert proc.returncode == 2 and "bad.yaml:" in proc.stderr and "malformed YAML" in proc.stderr
+    assert not out.exists()
+
+
+def test_output_dir_that_cannot_be_written_exits_2(tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("")
+    proc = _mkeval("run", "--output-dir", str(blocker))
+    assert proc.returncode == 2 and "--output-dir" in proc.stderr
+
+
+def test_run_then_report(tmp_path, capsys):
+    out = tmp_path / "res"
+    code = main(["run", "--models", "transformer", "--datasets", "induction", "--seq-len", "16", "--train-tokens",
+                 "1024", "--batch-size", "8", "--eval-interval", "4", "--limit", "4", "--output-dir", str(out)])
+    assert code == 0
+    [result] = [p for p in out.glob("*.json") if p.name.startswith("transformer_")]
+    assert result.name == "transformer_induction_seq16_bits32.json"
+    data = json.loads(result.read_text())
+    assert data["config"]["limit"] == 4 and data["test_tokens"] == 4  # one scored token per example
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "transformer" in printed and "induction" in printed
+    md = (out / "report.md").read_text()
+    assert f"{data['test_perplexity']:.3f}" in md
+    csv_lines = (out / "report.csv").read_text().splitlines()
+    assert len(csv_lines) == 2 and csv_lines[0].startswith("model,dataset")
+
+
+def test_report_on_an_empty_dir_exits_2(tmp_path):
+    assert main(["report", str(tmp_path)]) == 2

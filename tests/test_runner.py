@@ -1,0 +1,144 @@
+"""The runner: cells, file names, resume, failure isolation, atomic writes, the result schema."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import mkeval
+from mkeval import UsageError
+from mkeval.results import REQUIRED_FIELDS, SUMMARY_FILE, write_json
+
+from helpers import bigram_spec
+
+
+def _run(registry, protocol, out, **kw):
+    kw.setdefault("models", "bigram")
+    kw.setdefault("datasets", "markov")
+    return mkeval.run(protocol=protocol, output_dir=out, registry=registry, device="cpu", **kw)
+
+
+@pytest.fixture
+def reg(registry):
+    registry.add(bigram_spec())
+    registry.add(bigram_spec("crasher", crash=True))
+    registry.add(bigram_spec("nanmodel", nan=True))
+    return registry
+
+
+def test_dry_run_lists_the_product_and_writes_nothing(reg, tiny_protocol, tmp_path):
+    out = tmp_path / "out"
+    result = _run(reg, tiny_protocol, out, models="bigram,crasher", datasets="markov,mqar", seq_len="16,32",
+                  seeds="0,1", precisions="fp32,bf16", dry_run=True)
+    assert len(result.cells) == 2 * 2 * 2 * 2 * 2
+    names = {c.name for c in result.cells}
+    assert "bigram_markov_seq16_bits32_seed0" in names
+    assert "crasher_mqar_seq32_bits16_seed1" in names
+    assert len(names) == len(result.cells)  # no two cells share a file
+    assert not out.exists()
+
+
+def test_two_precisions_of_one_width_get_distinct_files(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, precisions="bf16,fp16", dry_run=True)
+    assert {c.name for c in result.cells} == {"bigram_markov_seq16_bits16_bf16", "bigram_markov_seq16_bits16_fp16"}
+
+
+def test_bits_alias(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, bits="32,16", dry_run=True)
+    assert [c.config["cell"]["precision"] for c in result.cells] == ["fp32", "fp16"]
+    with pytest.raises(UsageError, match="accepted values: 16, 32"):
+        _run(reg, tiny_protocol, tmp_path, bits="3", dry_run=True)
+
+
+def test_run_writes_complete_results_then_resume_skips(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, precisions="fp32,bf16")
+    assert [c.status for c in result.cells] == ["ok", "ok"]
+    path = tmp_path / "bigram_markov_seq16_bits32.json"
+    data = json.loads(path.read_text())
+    assert set(REQUIRED_FIELDS) <= set(data)
+    assert data["config"]["protocol"] == tiny_protocol.to_dict()
+    assert data["protocol_hash"] == tiny_protocol.hash
+    assert data["steps"] == tiny_protocol.steps(16) and data["train_tokens"] == data["steps"] * 4 * 16
+    assert len(data["epoch_perplexities"]) == len(data["eval_steps"]) == 2
+    assert data["best_perplexity"] == min(data["epoch_perplexities"])
+    assert data["forward_flops"] > 0 and data["backward_flops"] > 0
+    assert data["total_flops"] == (data["forward_flops"] + data["backward_flops"]) * data["steps"]
+    assert (tmp_path / data["checkpoint"]).exists()
+    summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
+    assert summary["counts"] == {"ok": 2, "resumed": 0, "failed": 0}
+
+    before = path.stat().st_mtime_ns
+    again = _run(reg, tiny_protocol, tmp_path, precisions="fp32,bf16", resume=True)
+    assert [c.status for c in again.cells] == ["resumed", "resumed"]
+    assert path.stat().st_mtime_ns == before
+    assert again.results[0].test_perplexity == data["test_perplexity"]
+    # a different protocol is a different cell: not resumed
+    changed = _run(reg, tiny_protocol.replace(lr=1e-3), tmp_path, resume=True)
+    assert [c.status for c in changed.cells] == ["ok"]
+
+
+def test_a_failing_cell_is_recorded_and_the_matrix_continues(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, models="crasher,bigram")
+    status = {c.name: c for c in result.cells}
+    failed = status["crasher_markov_seq16_bits32"]
+    assert failed.status == "failed" and "deliberate failure" in failed.error
+    assert "RuntimeError" in (tmp_path / failed.traceback_file).read_text()
+    assert status["bigram_markov_seq16_bits32"].status == "ok"
+    assert not (tmp_path / "crasher_markov_seq16_bits32.json").exists()
+
+
+def test_repeated_non_finite_loss_fails_the_cell_with_the_reason(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol.replace(max_nonfinite=3), tmp_path, models="nanmodel")
+    [cell] = result.cells
+    assert cell.status == "failed" and "non-finite for 3 consecutive batches" in cell.error
+
+
+def test_multi_dataset_summary(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, datasets="markov,mqar")
+    data = json.loads((tmp_path / "bigram_multi_dataset.json").read_text())
+    ppl = {r.dataset: r.test_perplexity for r in result.results}
+    assert data["datasets"]["markov"]["perplexity"] == pytest.approx(ppl["markov"])
+    assert data["mean_perplexity"] == pytest.approx((ppl["markov"] + ppl["mqar"]) / 2)
+    assert data["std_perplexity"] == pytest.approx(abs(ppl["markov"] - ppl["mqar"]) / 2)
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+
+    def broken_replace(src, dst):
+        raise KeyboardInterrupt  # killed between writing the temp file and renaming it
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(models="bigramm"), "did you mean 'bigram'"),
+    (dict(datasets="markv"), "did you mean 'markov'"),
+    (dict(precisions="fp8"), "unknown precision 'fp8'"),
+    (dict(seq_len="0"), "--seq-len: 0 must be >= 1"),
+    (dict(seq_len="abc"), "not an integer"),
+    (dict(limit=0), "--limit"),
+])
+def test_bad_input_is_refused_before_anything_is_written(reg, tiny_protocol, tmp_path, kwargs, match):
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=match):
+        _run(reg, tiny_protocol, out, **kwargs)
+    assert not out.exists()
+
+
+def test_unwritable_output_dir_is_refused_before_training(reg, tiny_protocol, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="--output-dir"):
+        _run(reg, tiny_protocol, blocker / "out")
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(UsageError, match="not writable"):
+            _run(reg, tiny_protocol, locked / "out")
