@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--eval-interval", type=_positive_int("--eval-interval"), help="steps between validations")
     p.add_argument("--model-size", help="size preset for every model (e.g. tiny, small, base)")
+    p.add_argument("--match-params", metavar="REF",
+                   help="size every other model to REF's non-embedding parameter count (within 3%%)")
     p.add_argument("--output-dir", default="results", help="where result files go (default: results)")
     p.add_argument("--data-dir", help="root folder of local dataset files")
     p.add_argument("--config", help="YAML file of protocol fields (flags override it)")
@@ -153,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len, seeds=args.seeds, train_tokens=args.train_tokens, output_dir=args.output_dir,
         data_dir=args.data_dir, config=args.config, resume=args.resume, dry_run=args.dry_run, limit=args.limit,
         device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-        model_size=args.model_size,
+        model_size=args.model_size, match_params=args.match_params,
     )
     if args.dry_run:
         result = run(**kwargs)

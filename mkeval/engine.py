@@ -22,6 +22,7 @@ from .models import build_model, count_parameters, model_size_mb
 from .protocol import Protocol, stable_hash
 from .registry import Registry
 from .results import CellResult
+from .sizing import match_params
 from .specs import LMData
 from .training import Progress, lm_loss, load_checkpoint, train
 
@@ -50,11 +51,13 @@ class CellPlan:
     model_options: dict[str, Any]
     data_dir: str | None
     limit: int | None
+    match_params: str | None = None  # reference model whose non-embedding count this model is sized to
+    reference_size: str | None = None
 
     @property
     def identity(self) -> dict[str, Any]:
         return {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
-                "data_dir": self.data_dir, "limit": self.limit}
+                "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params}
 
 
 def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
@@ -90,8 +93,14 @@ def run_cell(
     val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit or 0)
     test = limit_windows(splits["test"], protocol.test_tokens, plan.limit or 0)
 
+    options = dict(plan.model_options)
+    match = None
+    if plan.match_params is not None:
+        match = match_params(cell.model, plan.match_params, data.vocab_size, cell.seq_len, plan.model_size,
+                             plan.reference_size, registry)
+        options.update(match.options)
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
-                        registry=registry, **plan.model_options).to(device)
+                        registry=registry, **options).to(device)
     counts = count_parameters(model)
     size_mb = model_size_mb(model)
     probe = splits["train"].inputs[: protocol.batch_size].to(device)
@@ -121,7 +130,11 @@ def run_cell(
         "model": {
             "name": cell.model,
             "size": plan.model_size,
-            "options": plan.model_options,
+            "options": options,
+            "parameter_match": None if match is None else {
+                "reference": match.reference, "reference_non_embedding_params": match.target,
+                "non_embedding_params": match.params, "relative_difference": match.relative_difference,
+                "knob": match.options},
             "plugin": model_entry.plugin,
             "distribution": model_entry.distribution,
             "backend": getattr(model, "backend", None),

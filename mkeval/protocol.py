@@ -109,7 +109,7 @@ class Protocol:
         return cls(**values)
 
 
-RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit")
+RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params")
 """Keys a config file may hold besides protocol fields (what to run, not how)."""
 
 

@@ -6,6 +6,7 @@ leaves the output directory untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -120,6 +121,7 @@ def run(
     device: str | None = None,
     protocol: Protocol | None = None,
     model_options: dict[str, dict[str, Any]] | None = None,
+    match_params: str | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **protocol_fields: Any,
@@ -128,6 +130,8 @@ def run(
 
     ``protocol`` (or ``config``, a YAML file) sets the protocol; ``seq_len``, ``seeds``,
     ``train_tokens`` and any other protocol field given as a keyword override it.
+    ``match_params`` names a model of the run whose non-embedding parameter count every
+    other model is sized to (through its plugin's ``size_knob``).
     """
     registry = registry or get_registry()
     file_protocol: dict[str, Any] = {}
@@ -188,11 +192,22 @@ def run(
         too_long = [n for n in protocol.seq_lens if spec.max_seq_len is not None and n > spec.max_seq_len]
         if too_long:
             raise UsageError(f"--seq-len: model {name!r} supports at most {spec.max_seq_len} tokens, asked for {too_long}")
+    match_params = match_params if match_params is not None else file_run.get("match_params")
+    if match_params is not None:
+        if match_params not in model_names:
+            raise UsageError(f"--match-params: {match_params!r} is not among the run's models ({', '.join(model_names)})")
+        for name in model_names:
+            if name != match_params and registry.get("model", name).size_knob is None:
+                raise UsageError(f"--match-params: model {name!r} declares no size_knob, so it cannot be sized "
+                                 f"to {match_params!r}")
+            if name != match_params and name in options:
+                raise UsageError(f"--match-params: model {name!r} has explicit model options; drop one or the other")
     data_path = Path(data_dir) if data_dir is not None else None
     if data_path is not None and not data_path.is_dir():
         raise UsageError(f"--data-dir: {data_path} is not a directory")
 
-    plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit)
+    plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit,
+                       match_params)
     out = Path(output_dir)
     if dry_run:
         done = finished_cells(out) if resume and out.is_dir() else {}
@@ -237,12 +252,16 @@ def plan_cells(
     model_options: dict[str, dict[str, Any]],
     data_dir: Path | None,
     limit: int | None,
+    match: str | None = None,
 ) -> list[CellPlan]:
     """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison)."""
     bits_count: dict[int, int] = {}
     for p in precisions:
         b = registry.get("precision", p).bits
         bits_count[b] = bits_count.get(b, 0) + 1
+    def size_of(model: str) -> str | None:
+        return protocol.model_size or registry.get("model", model).default_size
+
     plans = []
     for dataset in datasets:
         for seq_len in protocol.seq_lens:
@@ -256,12 +275,11 @@ def plan_cells(
                             name += f"_{precision}"
                         if len(protocol.seeds) > 1:
                             name += f"_seed{seed}"
-                        size = protocol.model_size or registry.get("model", model).default_size
-                        identity = {"cell": cell.__dict__, "model_size": size,
-                                    "model_options": model_options.get(model, {}),
-                                    "data_dir": str(data_dir) if data_dir else None, "limit": limit}
-                        plans.append(CellPlan(cell, name, plan_hash(protocol, cell, identity), size,
-                                              model_options.get(model, {}), identity["data_dir"], limit))
+                        plan = CellPlan(cell, name, "", size_of(model), model_options.get(model, {}),
+                                        str(data_dir) if data_dir else None, limit,
+                                        match if match and match != model else None,
+                                        size_of(match) if match and match != model else None)
+                        plans.append(dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity)))
     return plans
 
 

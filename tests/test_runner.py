@@ -142,3 +142,55 @@ def test_unwritable_output_dir_is_refused_before_training(reg, tiny_protocol, tm
         locked.mkdir(mode=0o500)
         with pytest.raises(UsageError, match="not writable"):
             _run(reg, tiny_protocol, locked / "out")
+
+
+def test_result_json_matches_the_documented_schema(reg, tiny_protocol, tmp_path):
+    import typing
+
+    from mkeval.results import CellResult
+
+    _run(reg, tiny_protocol, tmp_path)
+    data = json.loads((tmp_path / "bigram_markov_seq16_bits32.json").read_text())
+    hints = typing.get_type_hints(CellResult)
+    assert set(data) == set(hints)
+    for name, hint in hints.items():
+        import types
+
+        is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        allowed = typing.get_args(hint) if is_union else (hint,)
+        allowed = tuple(typing.get_origin(a) or a for a in allowed)
+        allowed = tuple(type(None) if a is None else a for a in allowed)
+        if float in allowed:
+            allowed += (int,)
+        assert isinstance(data[name], allowed), f"{name}: {data[name]!r} is not {hint}"
+    documented = Path(__file__).resolve().parents[1].joinpath("docs", "results.md").read_text()
+    for name in hints:
+        assert f"`{name}`" in documented, f"field {name} is not documented in docs/results.md"
+
+
+def test_match_params_sizes_models_to_the_reference(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, models="transformer,bigram", match_params="transformer",
+                  datasets="induction")
+    by_model = {r.model_name: r for r in result.results}
+    target = by_model["transformer"].non_embedding_params
+    matched = by_model["bigram"]
+    assert abs(matched.non_embedding_params / target - 1) <= 0.03
+    info = matched.config["model"]["parameter_match"]
+    assert info["reference"] == "transformer" and info["reference_non_embedding_params"] == target
+    assert info["non_embedding_params"] == matched.non_embedding_params
+    # by hand: the bigram has d*d + d (proj) + d*V + V (head) non-embedding parameters, V = 16 for induction
+    d = matched.config["model"]["options"]["d_model"]
+    assert matched.non_embedding_params == d * d + d + d * 16 + 16
+
+
+def test_match_params_refuses_models_without_a_knob(reg, tiny_protocol, tmp_path):
+    from mkeval import ModelSpec
+
+    from helpers import Bigram
+
+    reg.add(ModelSpec(name="fixed", build=lambda vocab_size, max_seq_len, size=None: Bigram(vocab_size)))
+    with pytest.raises(UsageError, match="'fixed' declares no size_knob"):
+        _run(reg, tiny_protocol, tmp_path / "o", models="transformer,fixed", match_params="transformer")
+    with pytest.raises(UsageError, match="not among the run's models"):
+        _run(reg, tiny_protocol, tmp_path / "o", models="bigram", match_params="transformer")
+    assert not (tmp_path / "o").exists()
