@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "mkeval-ex
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source)  # a build writes into the source tree; keep the repo clean
     # --no-build-isolation: build with this environment's setuptools, offline
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), str(EXAMPLE)], capture_output=True, text=True)
+                           "--target", str(target), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return {**os.environ, "PYTHONPATH": str(target)}
 
