@@ -1,9 +1,12 @@
 """Token splits cut into (input, target) windows, and the batch order of training.
 
 Targets are inputs shifted by exactly one position. A 1-D stream is cut into windows of
-``seq_len + 1`` tokens with stride ``seq_len``, so each token after the first is a target
-exactly once; for evaluation a last, overlapping window scores the tail that full windows
-miss. A 2-D block of examples is used as is, one window per example.
+``seq_len + 1`` tokens starting every ``stride`` tokens (``stride = seq_len``: non-overlapping);
+each window scores only the targets no earlier window scored, so every token after the first
+is scored exactly once, with the most context a window of that stride gives. A last window
+ending at the stream's end covers the tail when asked (evaluation). A 2-D block of examples
+is used as is, one window per example. Windows are views: a memory-mapped stream of any size
+is read only batch by batch.
 """
 
 from __future__ import annotations
@@ -18,53 +21,97 @@ from .specs import TokenSplit
 
 
 @dataclass
+class Batch:
+    inputs: torch.Tensor  # LongTensor[B, N]
+    targets: torch.Tensor  # LongTensor[B, N]; targets[b, t] is the token after inputs[b, t]
+    mask: torch.Tensor  # BoolTensor[B, N]; True where the target is scored
+
+
+@dataclass
 class Windows:
-    inputs: torch.Tensor  # LongTensor[M, N]
-    targets: torch.Tensor  # LongTensor[M, N]; targets[m, t] is the token after inputs[m, t]
-    mask: torch.Tensor  # BoolTensor[M, N]; True where the target is scored
+    """Windows over a split. Streams: ``starts`` and ``first_scored`` per window; examples: rows."""
+
+    source: torch.Tensor  # 1-D stream or 2-D [M, seq_len + 1] examples
+    seq_len: int
+    loss_mask: torch.Tensor | None  # same shape as source: True marks tokens scored as targets
+    starts: torch.Tensor | None = None  # [M] window start offsets (streams)
+    first_scored: torch.Tensor | None = None  # [M] index within the window of its first scored target
 
     def __len__(self) -> int:
-        return self.inputs.shape[0]
+        return int(self.starts.shape[0]) if self.starts is not None else int(self.source.shape[0])
+
+    @property
+    def is_stream(self) -> bool:
+        return self.starts is not None
+
+    def take(self, index: torch.Tensor) -> Batch:
+        """The windows at ``index`` (a LongTensor) as a batch of int64 tensors."""
+        n = self.seq_len
+        if self.starts is None:
+            rows = self.source[index].long()
+            mask = self.loss_mask[index, 1:] if self.loss_mask is not None else torch.ones(len(index), n, dtype=torch.bool)
+            return Batch(rows[:, :-1], rows[:, 1:], mask)
+        positions = self.starts[index, None] + torch.arange(n + 1)
+        rows = self.source[positions].long()
+        mask = torch.arange(n)[None, :] >= self.first_scored[index, None]
+        if self.loss_mask is not None:
+            mask = mask & self.loss_mask[positions[:, 1:]]
+        return Batch(rows[:, :-1], rows[:, 1:], mask)
+
+    def all(self) -> Batch:
+        return self.take(torch.arange(len(self)))
+
+    def scored_per_window(self) -> torch.Tensor:
+        if self.starts is None:
+            if self.loss_mask is None:
+                return torch.full((len(self),), self.seq_len)
+            return self.loss_mask[:, 1:].sum(dim=1)
+        if self.loss_mask is None:
+            return self.seq_len - self.first_scored
+        # scored targets of window m lie at stream positions starts + first_scored + 1 ... starts + seq_len
+        cum = torch.cat([torch.zeros(1, dtype=torch.long), self.loss_mask.long().cumsum(0)])
+        return cum[self.starts + self.seq_len + 1] - cum[self.starts + self.first_scored + 1]
 
     @property
     def scored_tokens(self) -> int:
-        return int(self.mask.sum())
+        return int(self.scored_per_window().sum())
+
+    def head(self, count: int) -> "Windows":
+        if self.starts is None:
+            mask = self.loss_mask[:count] if self.loss_mask is not None else None
+            return Windows(self.source[:count], self.seq_len, mask)
+        return Windows(self.source, self.seq_len, self.loss_mask, self.starts[:count], self.first_scored[:count])
 
 
-def make_windows(split: TokenSplit, seq_len: int, cover_tail: bool = False, where: str = "split") -> Windows:
-    """Cut ``split`` into windows of ``seq_len`` inputs. ``cover_tail`` adds the tail window (evaluation)."""
-    tokens = split.tokens
-    mask = split.loss_mask
+def make_windows(split: TokenSplit, seq_len: int, cover_tail: bool = False, stride: int | None = None,
+                 where: str = "split") -> Windows:
+    """Cut ``split`` into windows of ``seq_len`` inputs every ``stride`` tokens (default: ``seq_len``).
+
+    ``cover_tail`` adds a last window ending at the end of the stream, so every target is scored
+    (evaluation); training uses whole strides only.
+    """
+    tokens, mask = split.tokens, split.loss_mask
+    stride = stride or seq_len
+    if not 0 < stride <= seq_len:
+        raise UsageError(f"eval stride {stride} must be between 1 and seq_len {seq_len}")
     if mask is not None and mask.shape != tokens.shape:
         raise UsageError(f"{where}: loss_mask shape {tuple(mask.shape)} differs from tokens {tuple(tokens.shape)}")
     if tokens.dim() == 2:
         if tokens.shape[1] != seq_len + 1:
-            raise UsageError(
-                f"{where}: examples hold {tokens.shape[1]} tokens, but seq_len {seq_len} needs {seq_len + 1}"
-            )
-        m = mask[:, 1:] if mask is not None else torch.ones(tokens.shape[0], seq_len, dtype=torch.bool)
-        return Windows(tokens[:, :-1], tokens[:, 1:], m)
+            raise UsageError(f"{where}: examples hold {tokens.shape[1]} tokens, but seq_len {seq_len} needs {seq_len + 1}")
+        return Windows(tokens, seq_len, mask)
     if tokens.dim() != 1:
         raise UsageError(f"{where}: tokens must be 1-D (a stream) or 2-D (examples), got {tokens.dim()}-D")
-    total = tokens.shape[0]
+    total = int(tokens.shape[0])
     if total < seq_len + 1:
         raise UsageError(f"{where}: {total} tokens is fewer than one window of seq_len + 1 = {seq_len + 1}")
-    count = (total - 1) // seq_len
-    used = count * seq_len
-    inputs = tokens[:used].view(count, seq_len)
-    targets = tokens[1 : used + 1].view(count, seq_len)
-    full_mask = mask if mask is not None else torch.ones(total, dtype=torch.bool)
-    m = full_mask[1 : used + 1].view(count, seq_len)
-    tail = total - 1 - used  # targets not covered by the full windows
-    if cover_tail and tail > 0:
-        last_in = tokens[total - 1 - seq_len : total - 1]
-        last_tg = tokens[total - seq_len : total]
-        last_mask = full_mask[total - seq_len : total].clone()
-        last_mask[: seq_len - tail] = False  # already scored by the full windows
-        inputs = torch.cat([inputs, last_in[None]])
-        targets = torch.cat([targets, last_tg[None]])
-        m = torch.cat([m, last_mask[None]])
-    return Windows(inputs, targets, m)
+    starts = torch.arange(0, total - seq_len, stride)
+    if cover_tail and int(starts[-1]) + seq_len + 1 < total:
+        starts = torch.cat([starts, torch.tensor([total - seq_len - 1])])
+    # window m scores the targets after the last one window m-1 scored
+    previous_end = torch.cat([torch.tensor([0]), starts[:-1] + seq_len])  # stream index of the last scored target
+    first_scored = (previous_end - starts).clamp(min=0)
+    return Windows(tokens, seq_len, mask, starts, first_scored)
 
 
 def limit_windows(windows: Windows, max_tokens: int = 0, max_windows: int = 0) -> Windows:
@@ -73,12 +120,12 @@ def limit_windows(windows: Windows, max_tokens: int = 0, max_windows: int = 0) -
     if max_windows:
         count = min(count, max_windows)
     if max_tokens:
-        scored = windows.mask[:count].sum(dim=1).cumsum(0)
+        scored = windows.scored_per_window()[:count].cumsum(0)
         count = max(1, int((scored <= max_tokens).sum()))
-    return Windows(windows.inputs[:count], windows.targets[:count], windows.mask[:count])
+    return windows.head(count) if count < len(windows) else windows
 
 
-def training_batches(windows: Windows, batch_size: int, seed: int) -> Iterator[Windows]:
+def training_batches(windows: Windows, batch_size: int, seed: int) -> Iterator[Batch]:
     """Endless batches in a seeded order: the same windows in the same order for every model.
 
     Each pass over the data is a fresh permutation; a final incomplete batch is dropped.
@@ -89,11 +136,9 @@ def training_batches(windows: Windows, batch_size: int, seed: int) -> Iterator[W
     while True:
         order = torch.randperm(len(windows), generator=gen)
         for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
-            yield Windows(windows.inputs[idx], windows.targets[idx], windows.mask[idx])
+            yield windows.take(order[start : start + batch_size])
 
 
-def eval_batches(windows: Windows, batch_size: int) -> Iterator[Windows]:
+def eval_batches(windows: Windows, batch_size: int) -> Iterator[Batch]:
     for start in range(0, len(windows), batch_size):
-        sl = slice(start, start + batch_size)
-        yield Windows(windows.inputs[sl], windows.targets[sl], windows.mask[sl])
+        yield windows.take(torch.arange(start, min(start + batch_size, len(windows))))

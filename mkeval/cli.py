@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-params", metavar="REF",
                    help="size every other model to REF's non-embedding parameter count (within 3%%)")
     p.add_argument("--output-dir", default="results", help="where result files go (default: results)")
-    p.add_argument("--data-dir", help="root folder of local dataset files")
+    p.add_argument("--data-dir", help="root folder of local dataset files (one folder per dataset)")
+    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid (text datasets)")
+    p.add_argument("--tokenizer", help="word (default), byte, bpe[:VOCAB], or a local Hugging Face tokenizer")
+    p.add_argument("--eval-stride", type=_positive_int("--eval-stride"),
+                   help="sliding-window evaluation stride in tokens (default: seq_len, non-overlapping)")
     p.add_argument("--config", help="YAML file of protocol fields (flags override it)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="skip cells whose result exists for the same cell hash")
@@ -77,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="size preset")
     p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=24)
     p.add_argument("--vocab-size", type=_positive_int("--vocab-size"), default=37)
+
+    p = sub.add_parser("data", help="print a dataset's split statistics (documents, lines, words, bytes, tokens)")
+    p.add_argument("dataset")
+    p.add_argument("--split", help="train, valid (validation) or test (default: all three)")
+    p.add_argument("--data-dir", help="root folder of local dataset files")
+    p.add_argument("--tokenizer", default="word", help="word (default), byte, bpe[:VOCAB] or a local HF tokenizer")
+    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128,
+                   help="sequence length (example-based synthetic datasets depend on it)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("bench", help="run a registered benchmark (e.g. bk-core, mamba-scan)")
     p.add_argument("name")
@@ -98,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "check": cmd_check,
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "check": cmd_check, "data": cmd_data,
                 "bench": cmd_bench}[args.command](args)
     except (UsageError, MkevalError) as exc:
         console.print(f"[bold red]mkeval: error:[/] {exc}", highlight=False)
@@ -155,7 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len, seeds=args.seeds, train_tokens=args.train_tokens, output_dir=args.output_dir,
         data_dir=args.data_dir, config=args.config, resume=args.resume, dry_run=args.dry_run, limit=args.limit,
         device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-        model_size=args.model_size, match_params=args.match_params,
+        model_size=args.model_size, match_params=args.match_params, split_map=args.split_map,
+        tokenizer=args.tokenizer, eval_stride=args.eval_stride,
     )
     if args.dry_run:
         result = run(**kwargs)
@@ -245,6 +260,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         table.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
     out.print(table)
     return 0 if all(r.passed for r in results) else 1
+
+
+# ---------------------------------------------------------------------------- data
+def cmd_data(args: argparse.Namespace) -> int:
+    from .datastats import split_statistics
+
+    stats = split_statistics(args.dataset, split=args.split, data_dir=args.data_dir, tokenizer=args.tokenizer,
+                             split_map=args.split_map, seq_len=args.seq_len)
+    if args.json:
+        out.print_json(json.dumps(stats))
+        return 0
+    columns = ["split", "source_split", "documents", "lines", "words", "bytes", "tokens", "vocab_size"]
+    table = Table(title=f"{args.dataset} ({stats['tokenizer']} tokenizer)", title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="left" if "split" in c else "right")
+    for name, row in stats["splits"].items():
+        table.add_row(name, *[_cell(row.get(c)) if not isinstance(row.get(c), int) else f"{row[c]:,}"
+                              for c in columns[1:]])
+    out.print(table)
+    return 0
 
 
 # ---------------------------------------------------------------------------- bench

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import math
 import importlib.metadata
 import logging
 import platform
@@ -53,11 +55,13 @@ class CellPlan:
     limit: int | None
     match_params: str | None = None  # reference model whose non-embedding count this model is sized to
     reference_size: str | None = None
+    split_map: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def identity(self) -> dict[str, Any]:
         return {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
-                "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params}
+                "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params,
+                "split_map": self.split_map}
 
 
 def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
@@ -89,6 +93,7 @@ def run_cell(
         if split not in data.splits:
             raise CellFailed(f"{where} has no {split!r} split (it has {', '.join(data.splits)})")
         splits[split] = make_windows(data.splits[split], cell.seq_len, cover_tail=split != "train",
+                                     stride=None if split == "train" else protocol.eval_stride or None,
                                      where=f"{where}, split {split!r}")
     val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit or 0)
     test = limit_windows(splits["test"], protocol.test_tokens, plan.limit or 0)
@@ -103,11 +108,10 @@ def run_cell(
                         registry=registry, **options).to(device)
     counts = count_parameters(model)
     size_mb = model_size_mb(model)
-    probe = splits["train"].inputs[: protocol.batch_size].to(device)
+    probe = splits["train"].take(torch.arange(protocol.batch_size))
     flops = count_step_flops(
-        model, probe,
-        lambda logits: lm_loss(logits, splits["train"].targets[: protocol.batch_size].to(device),
-                               torch.ones_like(probe, dtype=torch.bool)),
+        model, probe.inputs.to(device),
+        lambda logits: lm_loss(logits, probe.targets.to(device), probe.mask.to(device)),
         registry.flop_formulas,
     )
     torch.manual_seed(cell.seed)  # the FLOP probe must not change what training sees
@@ -122,6 +126,8 @@ def run_cell(
     gap = None
     if data.optimal_perplexity is not None:
         gap = test_eval.perplexity / data.optimal_perplexity - 1
+    word_ppl, bpb = text_metrics(test_eval.nll, test.scored_tokens, splits["test"].scored_tokens,
+                                 data.splits["test"].info)
 
     model_entry = registry.entry("model", cell.model)
     config = {
@@ -188,6 +194,8 @@ def run_cell(
         test_loss=test_eval.loss,
         test_accuracy=test_eval.accuracy,
         test_tokens=test_eval.tokens,
+        test_word_perplexity=word_ppl,
+        test_bits_per_byte=bpb,
         optimal_perplexity=data.optimal_perplexity,
         perplexity_gap=gap,
         eval_steps=outcome.eval_steps,
@@ -206,6 +214,15 @@ def run_cell(
         git_revision=run_info.get("git_revision"),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def text_metrics(nll: float, scored: int, split_targets: int, info: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Word perplexity and bits per byte as lm-evaluation-harness defines them: total NLL over the
+    words or bytes of the original text. Only when the whole split was scored (else None)."""
+    words, nbytes = info.get("words"), info.get("bytes")
+    if not words or not nbytes or scored != split_targets:
+        return None, None
+    return (math.exp(nll / words) if nll / words < 700 else math.inf), nll / (nbytes * math.log(2))
 
 
 def versions(registry: Registry, cell: Cell) -> dict[str, str]:

@@ -43,6 +43,8 @@ class Protocol:
     seeds: tuple[int, ...] = (0,)  # model initialisation and batch order; one cell per seed
     data_seed: int = 1234  # the data itself (synthetic sources), the same for every seed and model
     model_size: str | None = None  # size preset for every model (None: each model's default)
+    tokenizer: str = "word"  # text datasets: word, byte, bpe[:VOCAB] or a local Hugging Face tokenizer
+    eval_stride: int = 0  # evaluation window stride in tokens (0: seq_len, non-overlapping windows)
     # robustness
     max_nonfinite: int = 5  # consecutive non-finite losses that fail a cell
 
@@ -77,6 +79,11 @@ class Protocol:
              "seeds must be integers >= 0")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
         need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        need(isinstance(self.tokenizer, str) and bool(self.tokenizer.strip()), "tokenizer", "must be a name or path")
+        need(isinstance(self.eval_stride, int) and self.eval_stride >= 0, "eval_stride", "must be an integer >= 0")
+        if self.eval_stride and any(self.eval_stride > n for n in self.seq_lens):
+            raise UsageError(f"protocol field 'eval_stride': {self.eval_stride} exceeds a sequence length "
+                             f"({min(self.seq_lens)}); a stride must be at most seq_len")
         for n in self.seq_lens:
             if self.batch_size * n > self.train_tokens:
                 raise UsageError(
@@ -109,7 +116,7 @@ class Protocol:
         return cls(**values)
 
 
-RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params")
+RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map")
 """Keys a config file may hold besides protocol fields (what to run, not how)."""
 
 

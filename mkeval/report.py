@@ -35,6 +35,8 @@ COLUMNS = [
     Column("optimum", lambda r: r.optimal_perplexity, "{:.3f}"),
     Column("gap", lambda r: r.perplexity_gap, "pct"),
     Column("acc", lambda r: r.test_accuracy, "{:.3f}"),
+    Column("word ppl", lambda r: r.test_word_perplexity, "{:.2f}"),
+    Column("bpb", lambda r: r.test_bits_per_byte, "{:.4f}"),
     Column("val ppl", lambda r: r.best_perplexity, "{:.3f}"),
     Column("tok/s", lambda r: r.tokens_per_second, "{:,.0f}"),
     Column("MiB", lambda r: r.peak_memory_mb, "{:,.0f}"),

@@ -49,6 +49,8 @@ class CellResult:
     test_loss: float  # nats/token, same evaluation
     test_accuracy: float  # next-token accuracy on the scored test targets
     test_tokens: int  # scored test targets
+    test_word_perplexity: float | None  # exp(test NLL / words of the original text); whole test split only
+    test_bits_per_byte: float | None  # test NLL / (UTF-8 bytes of the original text x ln 2); whole split only
     optimal_perplexity: float | None  # best achievable on this data, when the source is known
     perplexity_gap: float | None  # test_perplexity / optimal_perplexity - 1
     eval_steps: list[int]  # optimiser step of each evaluation

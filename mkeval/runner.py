@@ -122,6 +122,7 @@ def run(
     protocol: Protocol | None = None,
     model_options: dict[str, dict[str, Any]] | None = None,
     match_params: str | None = None,
+    split_map: str | dict[str, str] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **protocol_fields: Any,
@@ -131,7 +132,8 @@ def run(
     ``protocol`` (or ``config``, a YAML file) sets the protocol; ``seq_len``, ``seeds``,
     ``train_tokens`` and any other protocol field given as a keyword override it.
     ``match_params`` names a model of the run whose non-embedding parameter count every
-    other model is sized to (through its plugin's ``size_knob``).
+    other model is sized to (through its plugin's ``size_knob``). ``split_map`` reads a role
+    from another split of text datasets (``"train=valid"``), recorded in every result.
     """
     registry = registry or get_registry()
     file_protocol: dict[str, Any] = {}
@@ -202,12 +204,13 @@ def run(
                                  f"to {match_params!r}")
             if name != match_params and name in options:
                 raise UsageError(f"--match-params: model {name!r} has explicit model options; drop one or the other")
+    splits = parse_split_map(split_map if split_map is not None else file_run.get("split_map"))
     data_path = Path(data_dir) if data_dir is not None else None
     if data_path is not None and not data_path.is_dir():
         raise UsageError(f"--data-dir: {data_path} is not a directory")
 
     plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit,
-                       match_params)
+                       match_params, splits)
     out = Path(output_dir)
     if dry_run:
         done = finished_cells(out) if resume and out.is_dir() else {}
@@ -216,6 +219,36 @@ def run(
         return RunResult(statuses, [], None, protocol, dry_run=True)
     check_writable(out)
     return execute(plans, registry, protocol, out, dev, data_path, resume, progress)
+
+
+def parse_split_map(value: str | dict[str, str] | None) -> dict[str, str]:
+    """``"train=valid,test=test"`` -> ``{"train": "valid", "test": "test"}`` (role -> split read)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        pairs = []
+        for item in str(value).split(","):
+            role, sep, split = item.partition("=")
+            if not sep or not role.strip() or not split.strip():
+                raise UsageError(f"--split-map: {item!r} is not ROLE=SPLIT (e.g. train=valid)")
+            pairs.append((role.strip(), split.strip()))
+    out = {}
+    for role, split in pairs:
+        role = {"validation": "valid", "dev": "valid", "val": "valid"}.get(role, role)
+        if role not in ("train", "valid", "test"):
+            raise UsageError(f"--split-map: unknown role {role!r}; roles are train, valid, test")
+        out[role] = str(split)
+    return out
+
+
+def data_request(protocol: Protocol, seq_len: int, data_dir: Path | None, split_map: dict[str, str]) -> DataRequest:
+    """What every model of a run asks a dataset for: the same data, tokenizer and budgets."""
+    evals = (protocol.eval_tokens, protocol.test_tokens)
+    return DataRequest(seq_len=seq_len, train_tokens=protocol.train_tokens, seed=protocol.data_seed,
+                       data_dir=data_dir, tokenizer=protocol.tokenizer, split_map=split_map,
+                       eval_tokens=0 if 0 in evals else max(evals))
 
 
 def resolve_tasks(registry: Registry, names: Iterable[str]) -> list[str]:
@@ -253,6 +286,7 @@ def plan_cells(
     data_dir: Path | None,
     limit: int | None,
     match: str | None = None,
+    split_map: dict[str, str] | None = None,
 ) -> list[CellPlan]:
     """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison)."""
     bits_count: dict[int, int] = {}
@@ -278,7 +312,8 @@ def plan_cells(
                         plan = CellPlan(cell, name, "", size_of(model), model_options.get(model, {}),
                                         str(data_dir) if data_dir else None, limit,
                                         match if match and match != model else None,
-                                        size_of(match) if match and match != model else None)
+                                        size_of(match) if match and match != model else None,
+                                        dict(split_map or {}))
                         plans.append(dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity)))
     return plans
 
@@ -329,8 +364,7 @@ def execute(
             key = (cell.dataset, cell.seq_len)
             if key not in data_cache:
                 spec = registry.get("dataset", cell.dataset)
-                data_cache[key] = spec.load(DataRequest(seq_len=cell.seq_len, train_tokens=protocol.train_tokens,
-                                                        seed=protocol.data_seed, data_dir=data_dir))
+                data_cache[key] = spec.load(data_request(protocol, cell.seq_len, data_dir, plan.split_map))
             result = run_cell(plan, data_cache[key], protocol, registry, out, device, run_info, progress)
             path = out / f"{plan.name}.json"
             write_json(path, result.to_json())

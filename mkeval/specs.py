@@ -94,14 +94,20 @@ class DataRequest:
     """What the runner asks a dataset for.
 
     ``seq_len`` lets example-based sources generate examples of exactly ``seq_len + 1``
-    tokens; ``train_tokens`` is the training budget (a source may generate just enough);
+    tokens; ``train_tokens`` is the training budget (a source may generate, or stream, just
+    enough); ``eval_tokens`` the most valid/test tokens the run scores (0: whole splits);
     ``seed`` fixes the data itself (identical for every model and training seed).
+    ``tokenizer`` and ``split_map`` (role -> split read, e.g. ``{"train": "valid"}``) apply
+    to text datasets; ``data_dir`` is the root of local files (one folder per dataset).
     """
 
     seq_len: int
     train_tokens: int
     seed: int = 1234
     data_dir: Path | None = None
+    tokenizer: str = "word"
+    split_map: Mapping[str, str] = field(default_factory=dict)
+    eval_tokens: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
