@@ -247,3 +247,24 @@ def test_word_perplexity_and_bits_per_byte_by_hand(registry, tmp_path):
     assert r.test_bits_per_byte == pytest.approx(nll / (nbytes * math.log(2)))
     assert r.config["dataset"]["info"]["split_map"]["train"] == "valid"
     assert r.config["dataset"]["info"]["warning"] == "splits train, valid read the same text"
+
+
+def test_mkeval_data_prints_split_statistics(tmp_path):
+    root = shared_data_or_skip()
+    env = {**os.environ, "MKEVAL_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "data", "ptb", "--data-dir", str(root), "--split-map",
+                           "train=valid", "--split", "test", "--json"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)["splits"]["test"]
+    lines = (root / "ptb" / "ptb.test.txt").read_text(encoding="utf-8").splitlines()
+    assert stats["tokens"] == 82_430
+    assert stats["documents"] == stats["lines"] == len(lines) == 3761
+    assert stats["words"] == sum(len(l.split()) for l in lines)
+    assert stats["bytes"] == sum(len(l.encode()) for l in lines)
+
+
+def test_mkeval_data_on_synthetic_data(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "data", "markov", "--split", "test", "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["splits"]["test"]["tokens"] == 65_536

@@ -82,7 +82,7 @@ def load(request: DataRequest) -> LMData:
     gens = generators(request, "markov")
     source = make_source(vocab, alpha, gens["params"])
     sizes = {"train": request.train_tokens + request.seq_len + 1, "valid": EVAL_TOKENS + 1, "test": EVAL_TOKENS + 1}
-    splits = {name: TokenSplit(torch.from_numpy(source.sample(n, gens[name])), info={"tokens": n})
+    splits = {name: TokenSplit(torch.from_numpy(source.sample(n, gens[name])), info={"tokens": n - 1})
               for name, n in sizes.items()}
     h = source.entropy_rate
     return LMData(
