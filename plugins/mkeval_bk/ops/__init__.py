@@ -1,0 +1,14 @@
+"""The BK resolvent-diagonal op and its backends. Nothing here imports model code or mkeval."""
+
+from .op import (
+    BACKEND_ENV,
+    BACKENDS,
+    FLOP_FORMULAS,
+    BackendUnavailable,
+    backend_name,
+    forced_backend,
+    resolvent_diagonal,
+    resolvent_diagonal_real,
+)
+
+__all__ = ["BACKENDS", "BACKEND_ENV", "FLOP_FORMULAS", "BackendUnavailable", "backend_name", "forced_backend", "resolvent_diagonal", "resolvent_diagonal_real"]
