@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "check": cmd_check, "data": cmd_data,
                 "bench": cmd_bench}[args.command](args)
     except (UsageError, MkevalError) as exc:
-        console.print(f"[bold red]mkeval: error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]mkeval: error:[/] {escape(str(exc))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted; finished cells are saved, rerun with --resume to continue")
@@ -184,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with RunProgress() as progress:
         result = run(progress=progress, **kwargs)
     for c in result.failed:
-        console.print(f"[red]failed[/] {c.name}: {c.error} (traceback: {result.output_dir / c.traceback_file})")
+        console.print(f"[red]failed[/] {c.name}: {escape(c.error or '')} "
+                      f"(traceback: {result.output_dir / c.traceback_file})")
     ok = sum(1 for c in result.cells if c.status in ("ok", "resumed"))
     console.print(f"{ok}/{len(result.cells)} cells finished; results in {result.output_dir}. "
                   f"Compare them with: mkeval report {result.output_dir}")
@@ -242,7 +244,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_row(*row)
     out.print(table)
     for f in report.failed:
-        out.print(f"[red]failed[/] {f['name']}: {f.get('error')}")
+        out.print(f"[red]failed[/] {f['name']}: {escape(str(f.get('error')))}")
     md, csv_path = write_report(report, args.directory)
     console.print(f"wrote {md} and {csv_path}")
     return 0
@@ -257,7 +259,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for col in ("check", "result", "detail"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]", r.detail)
+        table.add_row(r.name, "[green]pass[/]" if r.passed else "[red]FAIL[/]", escape(r.detail))
     out.print(table)
     return 0 if all(r.passed for r in results) else 1
 
@@ -298,7 +300,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         table.add_row(*[_cell(row.get(c)) for c in result.columns])
     out.print(table)
     for note in result.notes:
-        out.print(note)
+        out.print(escape(note))
     path = Path(args.output or f"bench_{args.name}.json")
     write_json(path, {"benchmark": args.name, "rows": result.rows, "notes": result.notes, "meta": result.meta})
     console.print(f"wrote {path}")

@@ -1,0 +1,234 @@
+"""The selective scan: the sequential reference, and the fast pure-PyTorch scan checked against it.
+
+Both take ``mamba_ssm``'s ``selective_scan_fn`` arguments and shapes, so the three
+backends are interchangeable::
+
+    u, delta, z: (batch, dim, L)    A: (dim, state)    B, C: (batch, state, L)    D, delta_bias: (dim,)
+
+and compute, per channel d and state n,
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,    y_t = C_t . h_t + D u_t,    out_t = y_t * silu(z_t).
+
+``selective_scan_ref`` is the spec (a loop over time, as in ``mamba_ssm``). ``selective_scan``
+is what runs on CPU, and on GPUs without ``mamba-ssm``: the same maths as one autograd
+``Function`` with a hand-written backward, like ``mamba_ssm``'s kernel.
+
+Why hand-written: torch has no linear-recurrence op, and the loop form is slow in both
+directions (``transformers``' CPU path indexes one step at a time, and each index's backward
+writes a full-size gradient, so its backward is O(L^2)). Here the recurrence runs chunked:
+one vectorised Python step per position within a chunk and one per chunk (a few times
+sqrt(L) steps in all), O(L) work forwards and backwards. It only multiplies by decays
+``exp(dt A) <= 1`` and adds (it never divides, nor exponentiates a sum), so it stays finite
+at any length; state t is computed only from steps <= t, so outputs are strictly causal bit
+for bit. Backward recomputes the (L, batch, dim, state) tensors instead of keeping them, so a
+layer's saved activations are O(L * batch * dim), not O(L * batch * dim * state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # mamba_ssm computes in fp32; keep float64 as float64 so the reference can check gradients.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _discretize(u, delta, A, B, delta_bias, delta_softplus):
+    ct = _compute_dtype(u.dtype)
+    u, delta = u.to(ct), delta.to(ct)
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].to(ct)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return u, delta, A.to(ct), B.to(ct)
+
+
+def _finish(y, u, D, z, dtype_in):
+    out = y if D is None else y + u * D[:, None].to(y.dtype)
+    if z is not None:
+        out = out * F.silu(z.to(y.dtype))
+    return out.to(dtype_in)
+
+
+# --------------------------------------------------------------------------- reference
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """Sequential selective scan, one time step at a time: the spec the fast scans are tested against."""
+    dtype_in = u.dtype
+    u, delta, A, B = _discretize(u, delta, A, B, delta_bias, delta_softplus)
+    C = C.to(u.dtype)
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    # unbind, not indexing: one step's backward then writes one step's gradient, not a full-size one
+    for a_t, bu_t, C_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), C.unbind(2)):
+        h = a_t * h + bu_t
+        ys.append(torch.einsum("bdn,bn->bd", h, C_t))
+    return _finish(torch.stack(ys, dim=2), u, D, z, dtype_in)
+
+
+# --------------------------------------------------------------------------- fast scan
+def default_chunk_size(length: int) -> int:
+    """About sqrt(L), so the in-chunk and across-chunk loops take about as many steps each."""
+    return max(1, 2 ** round(math.log2(math.sqrt(max(length, 1)))))
+
+
+# The recurrence is run on (chunks, T, M) views of time-major (L, M) tensors: first every
+# chunk's end state from a zero start (all chunks at once, T vectorised steps), then the
+# true state entering each chunk (one step per chunk), then every chunk again from its true
+# entering state.
+@torch.no_grad()
+def _chunk_entry_states(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """For h_t = a_t h_{t-1} + b_t over (chunks, T, M) views, h = 0 before the start: the state entering each chunk."""
+    end, decay = b[:, 0].clone(), a[:, 0].clone()
+    for i in range(1, a.shape[1]):
+        end.mul_(a[:, i]).add_(b[:, i])
+        decay.mul_(a[:, i])
+    enter = torch.zeros_like(end)
+    for j in range(1, a.shape[0]):
+        torch.addcmul(end[j - 1], decay[j - 1], enter[j - 1], out=enter[j])
+    return enter
+
+
+@torch.no_grad()
+def _run_chunks(a: torch.Tensor, b: torch.Tensor, enter: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``b`` with h_t = a_t h_{t-1} + b_t, each chunk starting from ``enter``."""
+    b[:, 0].addcmul_(a[:, 0], enter)
+    for i in range(1, a.shape[1]):
+        b[:, i].addcmul_(a[:, i], b[:, i - 1])
+    return b
+
+
+@torch.no_grad()
+def _chunk_entry_adjoints(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """For the adjoint g_t = g_t + a_{t+1} g_{t+1} (zero after the end): what enters each chunk's last step."""
+    T = a.shape[1]
+    start, decay = g[:, T - 1].clone(), torch.ones_like(g[:, 0])
+    for i in range(T - 2, -1, -1):
+        start.mul_(a[:, i + 1]).add_(g[:, i])
+        decay.mul_(a[:, i + 1])
+    enter = torch.zeros_like(start)
+    for j in range(a.shape[0] - 2, -1, -1):
+        torch.mul(a[j + 1, 0], torch.addcmul(start[j + 1], decay[j + 1], enter[j + 1]), out=enter[j])
+    return enter
+
+
+@torch.no_grad()
+def _run_chunks_reverse(a: torch.Tensor, g: torch.Tensor, enter: torch.Tensor) -> torch.Tensor:
+    """Overwrite ``g`` with g_t + a_{t+1} g_{t+1}, each chunk's last step receiving ``enter``."""
+    T = a.shape[1]
+    g[:, T - 1].add_(enter)
+    for i in range(T - 2, -1, -1):
+        g[:, i].addcmul_(a[:, i + 1], g[:, i + 1])
+    return g
+
+
+class _Discretized:
+    """dt, u, B, C time-major (L', batch, ·) padded to whole chunks, and the big (L', batch, dim, state) tensors."""
+
+    def __init__(self, u, delta, A, B, C, delta_bias, delta_softplus, chunk_size):
+        ct = _compute_dtype(u.dtype)
+        length = u.shape[-1]
+        self.n_chunks = -(-length // chunk_size)
+        pad = self.n_chunks * chunk_size - length
+        self.delta = delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias[:, None].to(ct)
+        dt = F.softplus(self.delta) if delta_softplus else self.delta
+
+        def time_major(x):  # padding after the end: dt = 0 there, so padded steps keep h and add 0
+            return F.pad(x.to(ct), (0, pad)).permute(2, 0, 1).contiguous()
+
+        self.dt, self.u, self.B, self.C = time_major(dt), time_major(u), time_major(B), time_major(C)
+        self.A = A.to(ct)
+        self.dtu = self.dt * self.u
+        self.a = torch.mul(self.dt.unsqueeze(-1), self.A).exp_()  # exp(dt A) <= 1
+        self.bu = self.dtu.unsqueeze(-1) * self.B.unsqueeze(2)  # dt B u
+
+    def chunks(self, x):
+        return x.view(self.n_chunks, -1, x[0].numel())
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """``selective_scan_ref`` with O(L) vectorised work and a hand-written backward.
+
+    Saves only the inputs, the output before gating and one state per chunk, and recomputes
+    the (L, batch, dim, state) tensors in backward, as ``mamba_ssm``'s kernel does.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+        length = u.shape[-1]
+        p = _Discretized(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
+        enter = _chunk_entry_states(p.chunks(p.a), p.chunks(p.bu))
+        h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
+        y = torch.einsum("lbdn,lbn->lbd", h, p.C)[:length].permute(1, 2, 0)
+        if D is not None:
+            y = y + p.u[:length].permute(1, 2, 0) * D[:, None].to(y.dtype)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, enter, y)
+        ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+        out = y if z is None else y * F.silu(z.to(y.dtype))
+        return out.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, delta, A, B, C, D, z, delta_bias, enter, y = ctx.saved_tensors
+        length = u.shape[-1]
+        p = _Discretized(u, delta, A, B, C, delta_bias, ctx.delta_softplus, ctx.chunk_size)
+        h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
+        grad_out = grad_out.to(y.dtype)
+        grad_z = None
+        if z is not None:
+            zf = z.to(y.dtype)
+            sig = torch.sigmoid(zf)
+            grad_z = (grad_out * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+            grad_out = grad_out * zf * sig
+        grad_D = None if D is None else (grad_out * p.u[:length].permute(1, 2, 0)).sum((0, 2)).to(D.dtype)
+        pad = p.u.shape[0] - length
+        grad_y = F.pad(grad_out, (0, pad)).permute(2, 0, 1).contiguous()  # (L', batch, dim)
+
+        grad_C = torch.einsum("lbdn,lbd->lbn", h, grad_y)
+        g = grad_y.unsqueeze(-1) * p.C.unsqueeze(2)  # dL/dh_t from y_t only ...
+        _run_chunks_reverse(p.chunks(p.a), p.chunks(g), _chunk_entry_adjoints(p.chunks(p.a), p.chunks(g)))
+        # ... and now through the recurrence: dL/dh_t, which is also dL/d(dt B u)_t.
+        grad_dtu = torch.einsum("lbdn,lbn->lbd", g, p.B)
+        grad_B = torch.einsum("lbdn,lbd->lbn", g, p.dtu)
+        # dL/d(dt A)_t = dL/dh_t * h_{t-1} * a_t, in place.
+        g[1:].mul_(h[:-1])
+        g[0].zero_()
+        g.mul_(p.a)
+        grad_A = torch.einsum("lbdn,lbd->dn", g, p.dt)
+        grad_dt = torch.einsum("lbdn,dn->lbd", g, p.A) + grad_dtu * p.u
+        grad_u = grad_dtu * p.dt
+
+        def batch_major(x):
+            return x[:length].permute(1, 2, 0)
+
+        grad_u = batch_major(grad_u)
+        if D is not None:
+            grad_u = grad_u + grad_out * D[:, None].to(y.dtype)
+        grad_delta = batch_major(grad_dt)
+        if ctx.delta_softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
+            grad_delta = grad_delta * torch.where(p.delta > 20, 1.0, torch.sigmoid(p.delta))
+        grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
+        return (
+            grad_u.to(u.dtype),
+            grad_delta.to(delta.dtype),
+            grad_A.to(A.dtype),
+            batch_major(grad_B).to(B.dtype),
+            batch_major(grad_C).to(C.dtype),
+            grad_D,
+            grad_z,
+            grad_bias,
+            None,
+            None,
+        )
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=None):
+    """Selective scan in pure PyTorch: ``selective_scan_ref``'s result with O(L) vectorised work."""
+    length = u.shape[-1]
+    T = max(1, min(chunk_size or default_chunk_size(length), length))
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T)
