@@ -139,7 +139,7 @@ class Registry:
 def unknown_name_message(kind: str, name: str, known: list[str], option: str | None = None) -> str:
     where = f" (in {option})" if option else ""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
     available = ", ".join(known) if known else "none installed"
     return f"unknown {kind} {name!r}{where}{hint} Available: {available}. See `mkeval list`."
 

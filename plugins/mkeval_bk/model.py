@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from mkeval import UsageError
 from torch import nn
 
-from .ops import resolvent_diagonal_real
+from .ops import backend_name, resolvent_diagonal_real
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,11 @@ class BKLanguageModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden_states(input_ids))
+
+    @property
+    def backend(self) -> str:
+        """The resolvent backend that runs on this model's device (recorded in results)."""
+        return backend_name(self.embed.weight.device)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The weighted load-balancing loss of the latest forward (None before the first)."""
