@@ -10,6 +10,7 @@ from typing import Callable
 import safetensors.torch
 import torch
 
+from .errors import UsageError
 from .models import build_model
 from .registry import Registry
 
@@ -31,6 +32,9 @@ def check_model(
     **options,
 ) -> list[CheckResult]:
     """Run every contract check on model ``name``; each check reports pass/fail with a reason."""
+
+    if vocab_size < 2 or seq_len < 2 or batch_size < 1:
+        raise UsageError(f"check: needs vocab_size >= 2 and seq_len >= 2 (got {vocab_size}, {seq_len})")
 
     def make(seed: int = 0) -> torch.nn.Module:
         return build_model(name, vocab_size, seq_len, size=size, seed=seed, registry=registry, **options)

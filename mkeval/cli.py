@@ -244,7 +244,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_row(*row)
     out.print(table)
     for f in report.failed:
-        out.print(f"[red]failed[/] {f['name']}: {escape(str(f.get('error')))}")
+        out.print(f"[red]failed[/] {escape(str(f.get('name', '?')))}: {escape(str(f.get('error')))}")
+    if len(report.protocol_hashes) > 1:
+        out.print(f"[yellow]warning:[/] these results come from {len(report.protocol_hashes)} different protocols "
+                  f"({', '.join(report.protocol_hashes)}); compare rows with the same protocol only")
     md, csv_path = write_report(report, args.directory)
     console.print(f"wrote {md} and {csv_path}")
     return 0

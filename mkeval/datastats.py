@@ -8,15 +8,15 @@ from typing import Any
 from .errors import UsageError
 from .protocol import Protocol
 from .registry import Registry, get_registry
-from .runner import parse_split_map
 from .specs import DataRequest
-from .text import canonical_split
+from .text import canonical_split, parse_split_map
 
 
 def split_statistics(dataset: str, split: str | None = None, data_dir: str | Path | None = None,
                      tokenizer: str = "word", split_map: str | dict[str, str] | None = None, seq_len: int = 128,
                      registry: Registry | None = None) -> dict[str, Any]:
-    """Statistics of each split of ``dataset`` as the run would tokenize it (whole splits, no budget cut)."""
+    """Statistics of each split of ``dataset`` as a run with the default budgets would tokenize it
+    (whole splits, except for streamed corpora, which are read up to the default token budgets)."""
     spec = (registry or get_registry()).get("dataset", dataset, option="mkeval data")
     path = Path(data_dir) if data_dir is not None else None
     if path is not None and not path.is_dir():

@@ -56,12 +56,15 @@ class CellPlan:
     match_params: str | None = None  # reference model whose non-embedding count this model is sized to
     reference_size: str | None = None
     split_map: dict[str, str] = dataclasses.field(default_factory=dict)
+    reference_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def identity(self) -> dict[str, Any]:
         return {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
                 "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params,
-                "split_map": self.split_map}
+                "reference_options": self.reference_options, "split_map": self.split_map,
+                "dataset_options": self.dataset_options}
 
 
 def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
@@ -95,6 +98,9 @@ def run_cell(
         splits[split] = make_windows(data.splits[split], cell.seq_len, cover_tail=split != "train",
                                      stride=None if split == "train" else protocol.eval_stride or None,
                                      where=f"{where}, split {split!r}")
+    if len(splits["train"]) < protocol.batch_size:
+        raise CellFailed(f"{where}: the train split holds {len(splits['train'])} windows of seq_len {cell.seq_len}, "
+                         f"fewer than batch_size {protocol.batch_size}; use a shorter --seq-len or more data")
     val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit or 0)
     test = limit_windows(splits["test"], protocol.test_tokens, plan.limit or 0)
 
@@ -102,7 +108,7 @@ def run_cell(
     match = None
     if plan.match_params is not None:
         match = match_params(cell.model, plan.match_params, data.vocab_size, cell.seq_len, plan.model_size,
-                             plan.reference_size, registry)
+                             plan.reference_size, registry, reference_options=plan.reference_options)
         options.update(match.options)
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
                         registry=registry, **options).to(device)

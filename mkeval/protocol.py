@@ -62,12 +62,13 @@ class Protocol:
 
         need(self.optimizer == "adamw", "optimizer", "only 'adamw' is supported")
         need(_finite_pos(self.lr), "lr", "must be a positive number")
-        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
+        need(len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas), "betas",
+             "must be two numbers in [0, 1)")
         need(_finite_pos(self.eps), "eps", "must be positive")
-        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a finite number >= 0")
         need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be an integer >= 0")
-        need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
-        need(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        need(_finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        need(_finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "must be a finite number >= 0")
         need(_pos_int(self.batch_size), "batch_size", "must be a positive integer")
         need(len(self.seq_lens) > 0 and all(_pos_int(n) for n in self.seq_lens), "seq_lens",
              "sequence lengths must be positive integers")
@@ -79,7 +80,12 @@ class Protocol:
              "seeds must be integers >= 0")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
         need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        need(len(set(self.seq_lens)) == len(self.seq_lens), "seq_lens", "each length may appear once")
+        need(len(set(self.seeds)) == len(self.seeds), "seeds", "each seed may appear once")
         need(isinstance(self.tokenizer, str) and bool(self.tokenizer.strip()), "tokenizer", "must be a name or path")
+        from .tokenizers import parse_spec
+
+        parse_spec(self.tokenizer)
         need(isinstance(self.eval_stride, int) and self.eval_stride >= 0, "eval_stride", "must be an integer >= 0")
         if self.eval_stride and any(self.eval_stride > n for n in self.seq_lens):
             raise UsageError(f"protocol field 'eval_stride': {self.eval_stride} exceeds a sequence length "
@@ -116,7 +122,8 @@ class Protocol:
         return cls(**values)
 
 
-RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map")
+RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map",
+            "model_options", "dataset_options")
 """Keys a config file may hold besides protocol fields (what to run, not how)."""
 
 
@@ -146,7 +153,7 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, value in data.items():
         where = f"{path}:{lines.get(key, 1)}"
         if key in RUN_KEYS:
-            run_values[key] = value
+            run_values[key] = _check_run_key(key, value, where)
         elif key in known:
             protocol_values[key] = _coerce(key, value, where)
         else:
@@ -159,6 +166,24 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         where = f"{path}:{lines.get(bad, 1)}" if bad else str(path)
         raise UsageError(f"{where}: {exc}") from exc
     return protocol_values, run_values
+
+
+def _check_run_key(key: str, value: Any, where: str) -> Any:
+    if key == "limit":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{where}: limit must be a positive integer, got {value!r}")
+    elif key == "split_map":
+        if not isinstance(value, (str, dict)):
+            raise UsageError(f"{where}: split_map must be ROLE=SPLIT text or a mapping, got {value!r}")
+    elif key in ("model_options", "dataset_options"):
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise UsageError(f"{where}: {key} must map a name to a mapping of options, got {value!r}")
+    elif key in ("models", "datasets", "tasks", "precisions"):
+        if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise UsageError(f"{where}: {key} must be a comma-separated string or a list of names, got {value!r}")
+    elif not isinstance(value, str):
+        raise UsageError(f"{where}: {key} must be a string, got {value!r}")
+    return value
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
@@ -189,6 +214,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _finite_pos(x: Any) -> bool:

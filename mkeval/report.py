@@ -49,15 +49,20 @@ def _format(column: Column, result: CellResult) -> str:
     value = column.value(result)
     if value is None:
         return ""
-    if column.fmt == "pct":
-        return _pct(value)
-    return column.fmt.format(value)
+    try:
+        return _pct(value) if column.fmt == "pct" else column.fmt.format(value)
+    except (TypeError, ValueError):  # a hand-edited file: show the value as it is
+        return str(value)
 
 
 @dataclass
 class Report:
     results: list[CellResult]
     failed: list[dict[str, Any]]
+
+    @property
+    def protocol_hashes(self) -> list[str]:
+        return sorted({r.protocol_hash for r in self.results})
 
     def rows(self) -> list[list[str]]:
         return [[_format(c, r) for c in COLUMNS] for r in self.results]
@@ -70,7 +75,10 @@ class Report:
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         if self.failed:
             lines += ["", "Failed cells:", ""]
-            lines += [f"- `{f['name']}`: {f.get('error')}" for f in self.failed]
+            lines += [f"- `{f.get('name', '?')}`: {f.get('error')}" for f in self.failed]
+        if len(self.protocol_hashes) > 1:
+            lines += ["", f"Warning: these results come from {len(self.protocol_hashes)} different protocols "
+                          f"({', '.join(self.protocol_hashes)}); compare rows with the same protocol only."]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -92,8 +100,9 @@ def build_report(directory: str | Path) -> Report:
     summary = path / SUMMARY_FILE
     if summary.exists():
         try:
-            failed = [c for c in json.loads(summary.read_text())["cells"] if c.get("status") == "failed"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            failed = [c for c in json.loads(summary.read_text())["cells"]
+                      if isinstance(c, dict) and c.get("status") == "failed"]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"report: {summary} is not a valid run summary ({exc})") from exc
     if not results and not failed:
         raise UsageError(f"report: no result files in {path}; run `mkeval run --output-dir {path}` first")

@@ -8,6 +8,7 @@ reports start fast.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
@@ -15,6 +16,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 SUMMARY_FILE = "run_summary.json"
@@ -133,8 +136,14 @@ def finished_cells(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("status") == "ok" and isinstance(data.get("cell_hash"), str):
-            found[data["cell_hash"]] = (path, data)
+        if not (isinstance(data, dict) and data.get("status") == "ok" and isinstance(data.get("cell_hash"), str)):
+            continue
+        missing = [f for f in REQUIRED_FIELDS if f not in data]
+        if missing or data.get("schema_version") != SCHEMA_VERSION:
+            log.warning("%s looks like a result but %s; ignored", path,
+                        f"lacks {', '.join(missing[:5])}" if missing else f"has schema {data.get('schema_version')!r}")
+            continue
+        found[data["cell_hash"]] = (path, data)
     return found
 
 
@@ -143,11 +152,14 @@ def read_results(directory: Path) -> list[CellResult]:
     return [CellResult.from_json(data) for _, data in sorted(finished_cells(directory).values(), key=lambda item: item[0])]
 
 
-def multi_dataset_summary(model: str, results: list[CellResult], failures: dict[str, str]) -> dict[str, Any]:
+def multi_dataset_summary(model: str, results: list[CellResult], failures: dict[str, str],
+                          failed_cells: int = 0) -> dict[str, Any]:
     """``{model}_multi_dataset.json``: test perplexity per dataset, then mean and std across datasets.
 
     A dataset with several cells (seq lens, precisions, seeds) reports their mean and lists them.
-    The std across datasets is the population standard deviation (ddof = 0).
+    The std across datasets is the population standard deviation (ddof = 0). When any cell of
+    the model failed, the mean and std are null (``complete`` false): an average over whatever
+    happened to succeed would not compare with a complete one.
     """
     per_dataset: dict[str, Any] = {}
     for r in results:
@@ -158,12 +170,15 @@ def multi_dataset_summary(model: str, results: list[CellResult], failures: dict[
     for entry in per_dataset.values():
         entry["perplexity"] = statistics.fmean(c["test_perplexity"] for c in entry["cells"])
     values = [e["perplexity"] for e in per_dataset.values()]
+    complete = failed_cells == 0 and bool(values)
     return {
         "model_name": model,
         "datasets": per_dataset,
-        "mean_perplexity": statistics.fmean(values) if values else None,
-        "std_perplexity": statistics.pstdev(values) if values else None,
+        "mean_perplexity": statistics.fmean(values) if complete else None,
+        "std_perplexity": statistics.pstdev(values) if complete else None,
         "num_datasets": len(values),
+        "complete": complete,
+        "failed_cells": failed_cells,
         "failed": failures,
     }
 

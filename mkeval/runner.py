@@ -31,6 +31,7 @@ from .results import (
     write_text,
 )
 from .specs import DataRequest, LMData
+from .text import parse_split_map
 from .training import Progress
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def run(
     model_options: dict[str, dict[str, Any]] | None = None,
     match_params: str | None = None,
     split_map: str | dict[str, str] | None = None,
+    dataset_options: dict[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **protocol_fields: Any,
@@ -134,6 +136,8 @@ def run(
     ``match_params`` names a model of the run whose non-embedding parameter count every
     other model is sized to (through its plugin's ``size_knob``). ``split_map`` reads a role
     from another split of text datasets (``"train=valid"``), recorded in every result.
+    ``model_options`` / ``dataset_options`` map a model or dataset name to its build or load
+    options (e.g. ``{"markov": {"vocab": 64}}``).
     """
     registry = registry or get_registry()
     file_protocol: dict[str, Any] = {}
@@ -177,7 +181,7 @@ def run(
         raise UsageError("--tasks: downstream fine-tuning is not implemented yet; run language modelling only")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UsageError(f"--limit: must be a positive integer, got {limit!r}")
-    options = model_options or {}
+    options = model_options if model_options is not None else file_run.get("model_options", {})
     for name in options:
         registry.get("model", name, option="model_options")
     dev = resolve_device(device)
@@ -205,12 +209,15 @@ def run(
             if name != match_params and name in options:
                 raise UsageError(f"--match-params: model {name!r} has explicit model options; drop one or the other")
     splits = parse_split_map(split_map if split_map is not None else file_run.get("split_map"))
-    data_path = Path(data_dir) if data_dir is not None else None
+    data_options = dataset_options if dataset_options is not None else file_run.get("dataset_options", {})
+    for name in data_options:
+        registry.get("dataset", name, option="dataset_options")
+    data_path = Path(data_dir).resolve() if data_dir is not None else None
     if data_path is not None and not data_path.is_dir():
-        raise UsageError(f"--data-dir: {data_path} is not a directory")
+        raise UsageError(f"--data-dir: {data_dir} is not a directory")
 
     plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit,
-                       match_params, splits)
+                       match_params, splits, data_options)
     out = Path(output_dir)
     if dry_run:
         done = finished_cells(out) if resume and out.is_dir() else {}
@@ -218,37 +225,41 @@ def run(
                                config=p.identity) for p in plans]
         return RunResult(statuses, [], None, protocol, dry_run=True)
     check_writable(out)
-    return execute(plans, registry, protocol, out, dev, data_path, resume, progress)
+    data = load_data(plans, registry, protocol, data_path)
+    return execute(plans, registry, protocol, out, dev, data, resume, progress)
 
 
-def parse_split_map(value: str | dict[str, str] | None) -> dict[str, str]:
-    """``"train=valid,test=test"`` -> ``{"train": "valid", "test": "test"}`` (role -> split read)."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        pairs = list(value.items())
-    else:
-        pairs = []
-        for item in str(value).split(","):
-            role, sep, split = item.partition("=")
-            if not sep or not role.strip() or not split.strip():
-                raise UsageError(f"--split-map: {item!r} is not ROLE=SPLIT (e.g. train=valid)")
-            pairs.append((role.strip(), split.strip()))
-    out = {}
-    for role, split in pairs:
-        role = {"validation": "valid", "dev": "valid", "val": "valid"}.get(role, role)
-        if role not in ("train", "valid", "test"):
-            raise UsageError(f"--split-map: unknown role {role!r}; roles are train, valid, test")
-        out[role] = str(split)
-    return out
+def load_data(plans: list[CellPlan], registry: Registry, protocol: Protocol,
+              data_dir: Path | None) -> dict[tuple[str, int], LMData | Exception]:
+    """Every (dataset, seq_len) of the run, loaded once before any cell runs.
+
+    A dataset that cannot be loaded fails its own cells (recorded, the others go on); when no
+    dataset of the run can be loaded it is bad input, reported before anything is written.
+    """
+    loaded: dict[tuple[str, int], LMData | Exception] = {}
+    for plan in plans:
+        key = (plan.cell.dataset, plan.cell.seq_len)
+        if key in loaded:
+            continue
+        try:
+            spec = registry.get("dataset", plan.cell.dataset)
+            loaded[key] = spec.load(data_request(protocol, plan.cell.seq_len, data_dir, plan.split_map,
+                                                 plan.dataset_options))
+        except Exception as exc:  # recorded for the dataset's cells; the matrix goes on
+            loaded[key] = exc
+    failures = [v for v in loaded.values() if isinstance(v, Exception)]
+    if failures and len(failures) == len(loaded) and all(isinstance(f, UsageError) for f in failures):
+        raise failures[0]
+    return loaded
 
 
-def data_request(protocol: Protocol, seq_len: int, data_dir: Path | None, split_map: dict[str, str]) -> DataRequest:
+def data_request(protocol: Protocol, seq_len: int, data_dir: Path | None, split_map: dict[str, str],
+                 options: dict[str, Any] | None = None) -> DataRequest:
     """What every model of a run asks a dataset for: the same data, tokenizer and budgets."""
     evals = (protocol.eval_tokens, protocol.test_tokens)
     return DataRequest(seq_len=seq_len, train_tokens=protocol.train_tokens, seed=protocol.data_seed,
                        data_dir=data_dir, tokenizer=protocol.tokenizer, split_map=split_map,
-                       eval_tokens=0 if 0 in evals else max(evals))
+                       eval_tokens=0 if 0 in evals else max(evals), options=options or {})
 
 
 def resolve_tasks(registry: Registry, names: Iterable[str]) -> list[str]:
@@ -271,6 +282,8 @@ def resolve_device(device: str | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError as exc:
         raise UsageError(f"--device: {exc}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: {device!r} is not supported; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device: CUDA was asked for, but torch sees no CUDA device")
     return dev
@@ -287,6 +300,7 @@ def plan_cells(
     limit: int | None,
     match: str | None = None,
     split_map: dict[str, str] | None = None,
+    dataset_options: dict[str, dict[str, Any]] | None = None,
 ) -> list[CellPlan]:
     """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison)."""
     bits_count: dict[int, int] = {}
@@ -313,7 +327,9 @@ def plan_cells(
                                         str(data_dir) if data_dir else None, limit,
                                         match if match and match != model else None,
                                         size_of(match) if match and match != model else None,
-                                        dict(split_map or {}))
+                                        dict(split_map or {}),
+                                        model_options.get(match, {}) if match and match != model else {},
+                                        (dataset_options or {}).get(dataset, {}))
                         plans.append(dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity)))
     return plans
 
@@ -335,7 +351,7 @@ def execute(
     protocol: Protocol,
     out: Path,
     device: torch.device,
-    data_dir: Path | None,
+    data: dict[tuple[str, int], LMData | Exception],
     resume: bool,
     progress: Progress | None,
 ) -> RunResult:
@@ -343,7 +359,6 @@ def execute(
     done = finished_cells(out) if resume else {}
     run_info = {"started": _now(), "git_revision": git_revision(), "resume": resume,
                 "cells": len(plans), "protocol_hash": protocol.hash}
-    data_cache: dict[tuple[str, int], LMData] = {}
     statuses: list[CellStatus] = []
     results: list[CellResult] = []
     dataset_failures: dict[str, dict[str, str]] = {}
@@ -361,11 +376,10 @@ def execute(
         if progress:
             progress("cell_start", index=index, name=plan.name, steps=protocol.steps(cell.seq_len))
         try:
-            key = (cell.dataset, cell.seq_len)
-            if key not in data_cache:
-                spec = registry.get("dataset", cell.dataset)
-                data_cache[key] = spec.load(data_request(protocol, cell.seq_len, data_dir, plan.split_map))
-            result = run_cell(plan, data_cache[key], protocol, registry, out, device, run_info, progress)
+            cell_data = data[(cell.dataset, cell.seq_len)]
+            if isinstance(cell_data, Exception):
+                raise cell_data
+            result = run_cell(plan, cell_data, protocol, registry, out, device, run_info, progress)
             path = out / f"{plan.name}.json"
             write_json(path, result.to_json())
             statuses.append(CellStatus(plan.name, plan.cell_hash, "ok", path.name, config=plan.identity))
@@ -392,7 +406,8 @@ def execute(
         for model in dict.fromkeys(p.cell.model for p in plans):
             mine = [r for r in results if r.model_name == model]
             path = out / f"{model}_multi_dataset.json"
-            write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {})))
+            failed = [c for c in statuses if c.status == "failed" and c.config["cell"]["model"] == model]
+            write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {}), len(failed)))
             multi_files.append(path)
     run_info["finished"] = _now()
     write_summary(out, protocol, run_info, statuses)

@@ -38,9 +38,10 @@ def non_embedding(name: str, vocab: int, seq_len: int, size: str | None, registr
 
 
 def match_params(name: str, reference: str, vocab: int, seq_len: int, size: str | None, reference_size: str | None,
-                 registry: Registry, tolerance: float = TOLERANCE) -> Match:
+                 registry: Registry, tolerance: float = TOLERANCE,
+                 reference_options: dict[str, Any] | None = None) -> Match:
     """The ``size_knob`` value of model ``name`` closest to ``reference``'s non-embedding count."""
-    target = non_embedding(reference, vocab, seq_len, reference_size, registry)
+    target = non_embedding(reference, vocab, seq_len, reference_size, registry, **(reference_options or {}))
     spec = registry.get("model", name)
     if name == reference:
         return Match(reference, target, {}, target)

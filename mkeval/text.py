@@ -62,6 +62,30 @@ def canonical_split(name: str) -> str:
     return SPLIT_ALIASES.get(name, name)
 
 
+def parse_split_map(value: str | dict[str, str] | None) -> dict[str, str]:
+    """``"train=valid,test=test"`` -> ``{"train": "valid", "test": "test"}`` (role -> split read)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        pairs = []
+        for item in str(value).split(","):
+            role, sep, split = item.partition("=")
+            if not sep or not role.strip() or not split.strip():
+                raise UsageError(f"--split-map: {item!r} is not ROLE=SPLIT (e.g. train=valid)")
+            pairs.append((role.strip(), split.strip()))
+    out: dict[str, str] = {}
+    for role, split in pairs:
+        role = canonical_split(role)
+        if role not in ROLES:
+            raise UsageError(f"--split-map: unknown role {role!r}; roles are train, valid (validation), test")
+        if role in out:
+            raise UsageError(f"--split-map: role {role!r} is mapped twice")
+        out[role] = canonical_split(split)
+    return out
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("MKEVAL_CACHE", Path.home() / ".cache" / "mkeval"))
 
@@ -82,22 +106,19 @@ def file_fingerprint(paths: list[Path]) -> str:
 
 def resolve_roles(source: TextSource, split_map: dict[str, str]) -> dict[str, str]:
     """Role -> source split, after the user's mapping; a missing split lists what was looked for."""
-    mapping = {}
-    for role, target in split_map.items():
-        role_c, target_c = canonical_split(role), canonical_split(target)
-        if role_c not in ROLES:
-            raise UsageError(f"--split-map: unknown split {role!r}; splits are train, valid (validation), test")
-        mapping[role_c] = target_c
+    mapping = split_map
     out = {}
     for role in ROLES:
         split = mapping.get(role, role)
         if split not in source.splits:
             looked = source.looked_for.get(split) or sorted(source.splits)
             hint = "" if role not in mapping else f" (mapped from {role!r} by --split-map)"
+            available = sorted(source.splits)
+            example = f", e.g. --split-map {role}={available[0]}" if available else ""
             raise UsageError(
                 f"dataset {source.dataset!r}: no {split!r} split{hint}; looked for: {', '.join(looked)}. "
-                f"Available: {', '.join(sorted(source.splits)) or 'none'}. Map a role onto an available split "
-                f"with --split-map, e.g. --split-map {role}=valid"
+                f"Available: {', '.join(available) or 'none'}. Map a role onto an available split "
+                f"with --split-map{example}"
             )
         out[role] = split
     return out
@@ -105,7 +126,7 @@ def resolve_roles(source: TextSource, split_map: dict[str, str]) -> dict[str, st
 
 def build_lm_data(source: TextSource, request: DataRequest) -> LMData:
     """Tokenize ``source`` for ``request`` (tokenizer, split map, budgets), through the cache."""
-    roles = resolve_roles(source, dict(request.split_map))
+    roles = resolve_roles(source, parse_split_map(dict(request.split_map)))
     root = cache_root() / "tokens" / source.dataset
     budgets = {"train": request.train_tokens + request.seq_len + 1 if source.streaming else None}
     eval_budget = request.eval_tokens or STREAM_EVAL_TOKENS

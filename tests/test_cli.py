@@ -30,6 +30,11 @@ def test_list_json_shows_first_party_plugins_with_their_distribution():
     (["run", "--precisions", "fp7"], "unknown precision 'fp7'"),
     (["run", "--bits", "7"], "accepted values"),
     (["run", "--datasets", "markov,"], "--datasets: empty name"),
+    (["run", "--device", "meta"], "--device"),
+    (["run", "--datasets", "selective-copy", "--seq-len", "16"], "too short"),
+    (["run", "--tokenizer", "bpe:abc"], "vocabulary size"),
+    (["run", "--split-map", "train"], "ROLE=SPLIT"),
+    (["run", "--split-map", "train=valid,train=test"], "mapped twice"),
 ])
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):
     out = tmp_path / "res"
@@ -38,6 +43,11 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, m
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_check_with_a_degenerate_shape_exits_2():
+    proc = _mkeval("check", "transformer", "--seq-len", "1")
+    assert proc.returncode == 2 and "seq_len >= 2" in proc.stderr
 
 
 def test_malformed_config_exits_2_naming_the_line(tmp_path):

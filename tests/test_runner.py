@@ -194,3 +194,99 @@ def test_match_params_refuses_models_without_a_knob(reg, tiny_protocol, tmp_path
     with pytest.raises(UsageError, match="not among the run's models"):
         _run(reg, tiny_protocol, tmp_path / "o", models="bigram", match_params="transformer")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_test_split_is_scored_with_the_best_checkpoint_not_the_last(registry, tiny_protocol, tmp_path):
+    import torch
+    from mkeval import ModelSpec
+    from mkeval.batching import make_windows
+    from mkeval.evaluation import evaluate_lm
+    from mkeval.training import load_checkpoint
+
+    from helpers import Bigram
+
+    class Unlearning(Bigram):
+        """Training maximises the LM loss through the auxiliary loss: validation gets worse every step."""
+
+        def forward(self, input_ids):
+            logits = super().forward(input_ids)
+            self._last = (logits, input_ids)
+            return logits
+
+        def auxiliary_loss(self):
+            logits, ids = self._last
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+            return -3 * ce
+
+    registry.add(ModelSpec(name="unlearning", build=lambda vocab_size, max_seq_len, size=None: Unlearning(vocab_size)))
+    protocol = tiny_protocol.replace(eval_interval=1, lr=0.05, warmup_steps=0)
+    [r] = mkeval.run(models="unlearning", datasets="markov", protocol=protocol, output_dir=tmp_path,
+                     registry=registry, device="cpu").results
+    assert r.best_step == 1 and r.final_perplexity > r.best_perplexity
+    # an independent evaluation of the saved checkpoint reproduces the reported test perplexity
+    data = registry.get("dataset", "markov").load(mkeval.runner.data_request(protocol, 16, None, {}))
+    model = Unlearning(data.vocab_size)
+    load_checkpoint(model, tmp_path / r.checkpoint, torch.device("cpu"))
+    test = make_windows(data.splits["test"], 16, cover_tail=True)
+    from mkeval.batching import limit_windows
+
+    again = evaluate_lm(model, limit_windows(test, protocol.test_tokens), 4, registry.get("precision", "fp32"),
+                        torch.device("cpu"))
+    assert again.perplexity == pytest.approx(r.test_perplexity, rel=1e-9)
+
+
+def test_cell_hash_tracks_what_changes_the_number(reg, tiny_protocol, tmp_path):
+    def hashes(**kw):
+        return [c.cell_hash for c in _run(reg, kw.pop("protocol", tiny_protocol), tmp_path / "a", dry_run=True,
+                                          **kw).cells]
+
+    base = hashes()
+    assert hashes() == base
+    assert mkeval.run(protocol=tiny_protocol, output_dir=tmp_path / "elsewhere", registry=reg, models="bigram",
+                      datasets="markov", dry_run=True).cells[0].cell_hash == base[0]
+    assert hashes(protocol=tiny_protocol.replace(lr=1e-4)) != base
+    assert hashes(protocol=tiny_protocol.replace(data_seed=7)) != base
+    assert hashes(limit=3) != base
+    assert hashes(dataset_options={"markov": {"vocab": 8}}) != base
+    assert hashes(model_options={"bigram": {"d_model": 8}}) != base
+
+
+def test_dataset_options_reach_the_dataset(reg, tiny_protocol, tmp_path):
+    [r] = _run(reg, tiny_protocol, tmp_path, dataset_options={"markov": {"vocab": 8}}).results
+    assert r.config["dataset"]["vocab_size"] == 8 and r.config["dataset"]["info"]["vocab"] == 8
+
+
+def test_a_dataset_that_cannot_load_is_bad_input_when_it_is_the_only_one(reg, tiny_protocol, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="selective-copy: seq_len 16 is too short"):
+        _run(reg, tiny_protocol, out, datasets="selective-copy")
+    assert not out.exists()
+
+
+def test_a_failing_dataset_is_recorded_and_the_others_continue(reg, tiny_protocol, tmp_path):
+    result = _run(reg, tiny_protocol, tmp_path, datasets="markov,selective-copy")
+    assert [c.status for c in result.cells] == ["ok", "failed"]
+    summary = json.loads((tmp_path / "bigram_multi_dataset.json").read_text())
+    assert "too short" in summary["failed"]["selective-copy"]
+    assert summary["complete"] is False and summary["mean_perplexity"] is None
+    assert summary["datasets"]["markov"]["perplexity"] == result.results[0].test_perplexity
+
+
+def test_duplicate_lengths_or_seeds_are_refused(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seq_lens: [16, 16]\n")
+    from mkeval.protocol import load_config
+
+    with pytest.raises(UsageError, match=r"c\.yaml:1: .*seq_lens.*once"):
+        load_config(cfg)
+
+
+def test_malformed_result_files_are_ignored_by_resume_and_report(reg, tiny_protocol, tmp_path):
+    from mkeval.report import build_report
+
+    _run(reg, tiny_protocol, tmp_path)
+    (tmp_path / "junk.json").write_text(json.dumps({"status": "ok", "cell_hash": "x", "model_name": "m"}))
+    report = build_report(tmp_path)
+    assert [r.model_name for r in report.results] == ["bigram"]
+    again = _run(reg, tiny_protocol, tmp_path, resume=True)
+    assert [c.status for c in again.cells] == ["resumed"]

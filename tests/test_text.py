@@ -242,7 +242,20 @@ def test_word_perplexity_and_bits_per_byte_by_hand(registry, tmp_path):
     words = sum(len(l.split()) for l in lines)
     nbytes = sum(len(l.encode("utf-8")) for l in lines)
     assert r.test_tokens == words + len(lines)  # every word and every <eos>
-    nll = r.test_loss * r.test_tokens
+    # the NLL, recomputed independently: the bigram's logits depend on the current token only, so
+    # the whole test stream can be scored as one sequence by the saved checkpoint
+    from mkeval.training import load_checkpoint
+
+    from helpers import Bigram
+
+    model = Bigram(r.config["dataset"]["vocab_size"])
+    load_checkpoint(model, tmp_path / "out" / r.checkpoint, torch.device("cpu"))
+    stream = registry.get("dataset", "ptb").load(mkeval.runner.data_request(
+        protocol, 8, tmp_path, {"train": "valid"})).splits["test"].tokens.long()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(stream[None, :-1])[0].double(), -1)
+    nll = float(-logp.gather(1, stream[1:, None]).sum())
+    assert nll == pytest.approx(r.test_loss * r.test_tokens, rel=1e-6)
     assert r.test_word_perplexity == pytest.approx(math.exp(nll / words))
     assert r.test_bits_per_byte == pytest.approx(nll / (nbytes * math.log(2)))
     assert r.config["dataset"]["info"]["split_map"]["train"] == "valid"
