@@ -179,7 +179,7 @@ def run(
     if task_names:
         resolve_tasks(registry, task_names)
         raise UsageError("--tasks: downstream fine-tuning is not implemented yet; run language modelling only")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise UsageError(f"--limit: must be a positive integer, got {limit!r}")
     options = model_options if model_options is not None else file_run.get("model_options", {})
     for name in options:
@@ -219,14 +219,14 @@ def run(
     plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit,
                        match_params, splits, data_options)
     out = Path(output_dir)
+    done = finished_cells(out) if resume and out.is_dir() else {}
     if dry_run:
-        done = finished_cells(out) if resume and out.is_dir() else {}
         statuses = [CellStatus(p.name, p.cell_hash, "resumed" if p.cell_hash in done else "planned",
                                config=p.identity) for p in plans]
         return RunResult(statuses, [], None, protocol, dry_run=True)
     check_writable(out)
-    data = load_data(plans, registry, protocol, data_path)
-    return execute(plans, registry, protocol, out, dev, data, resume, progress)
+    data = load_data([p for p in plans if p.cell_hash not in done], registry, protocol, data_path)
+    return execute(plans, registry, protocol, out, dev, data, done, resume, progress)
 
 
 def load_data(plans: list[CellPlan], registry: Registry, protocol: Protocol,
@@ -352,11 +352,12 @@ def execute(
     out: Path,
     device: torch.device,
     data: dict[tuple[str, int], LMData | Exception],
+    done: dict[str, tuple[Path, dict[str, Any]]],
     resume: bool,
     progress: Progress | None,
 ) -> RunResult:
+    """Run the cells not in ``done`` (finished results, by cell hash) and write their results."""
     out.mkdir(parents=True, exist_ok=True)
-    done = finished_cells(out) if resume else {}
     run_info = {"started": _now(), "git_revision": git_revision(), "resume": resume,
                 "cells": len(plans), "protocol_hash": protocol.hash}
     statuses: list[CellStatus] = []

@@ -290,3 +290,16 @@ def test_malformed_result_files_are_ignored_by_resume_and_report(reg, tiny_proto
     assert [r.model_name for r in report.results] == ["bigram"]
     again = _run(reg, tiny_protocol, tmp_path, resume=True)
     assert [c.status for c in again.cells] == ["resumed"]
+
+
+def test_resume_loads_no_data_for_finished_cells(reg, tiny_protocol, tmp_path, monkeypatch):
+    _run(reg, tiny_protocol, tmp_path)
+    import dataclasses
+
+    loads = []
+    entry = reg.entry("dataset", "markov")
+    monkeypatch.setattr(entry, "spec", dataclasses.replace(entry.spec, load=lambda request: loads.append(request)))
+
+    again = _run(reg, tiny_protocol, tmp_path, resume=True)
+    assert [c.status for c in again.cells] == ["resumed"]
+    assert loads == []
