@@ -22,6 +22,7 @@ _EXPORTS = {
     "run": "runner", "RunResult": "runner",
     "CellResult": "results", "read_results": "results",
     "check_model": "checks",
+    "task_specs": "taskspec", "TaskConfig": "taskspec",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -50,7 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train and evaluate the matrix models x datasets x seq lens x precisions x seeds")
     p.add_argument("--models", help="comma-separated model names (default: every registered model)")
     p.add_argument("--datasets", help="comma-separated dataset names (default: markov)")
-    p.add_argument("--tasks", help="comma-separated downstream tasks or groups")
+    p.add_argument("--tasks", help="comma-separated downstream tasks or groups (glue, superglue, squad, mmlu, "
+                   "mmlu_stem, ...); fine-tuned from each --datasets pretraining cell, or from scratch without it")
+    p.add_argument("--include-path", help="extra folder(s) of task spec YAML files (comma-separated)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out (and count) task data rows with missing fields or unknown labels")
+    p.add_argument("--dev-holdout", action="store_true",
+                   help="tasks without a train split: fine-tune on a seeded half of the eval split, evaluate on the rest")
+    p.add_argument("--fewshot", help="shot counts for prompt-scored tasks such as MMLU (default: 0,5)")
     p.add_argument("--precisions", help="comma-separated precision names (default: fp32)")
     p.add_argument("--bits", help="comma-separated bit widths, an alias for --precisions (32 -> fp32, 16 -> fp16)")
     p.add_argument("--seq-len", help="comma-separated sequence lengths (default: 128)")
@@ -72,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="skip cells whose result exists for the same cell hash")
     p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
-    p.add_argument("--limit", type=_positive_int("--limit"), help="evaluate at most N windows per split (quick runs)")
+    p.add_argument("--limit", type=_positive_int("--limit"),
+                   help="quick runs: evaluate at most N windows per split, and use at most N examples per task split")
 
     p = sub.add_parser("report", help="print a comparison table of a results directory; write report.md and .csv")
     p.add_argument("directory")
@@ -171,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, config=args.config, resume=args.resume, dry_run=args.dry_run, limit=args.limit,
         device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
         model_size=args.model_size, match_params=args.match_params, split_map=args.split_map,
-        tokenizer=args.tokenizer, eval_stride=args.eval_stride,
+        tokenizer=args.tokenizer, eval_stride=args.eval_stride, include_path=args.include_path,
+        skip_bad_rows=args.skip_bad_rows or None, dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
     )
     if args.dry_run:
         result = run(**kwargs)
@@ -180,17 +189,31 @@ def cmd_run(args: argparse.Namespace) -> int:
             table.add_column(col)
         for c in result.cells:
             table.add_row(c.name, c.cell_hash, c.status)
-        out.print(table)
+        if result.cells:
+            out.print(table)
+        if result.tasks:
+            table = Table(title=f"{len(result.tasks)} downstream tasks", title_justify="left")
+            for col in ("task", "kind", "status"):
+                table.add_column(col)
+            for t in result.tasks:
+                table.add_row(t.config.name, t.config.kind, escape(f"skipped: {t.skipped}") if t.skipped else
+                              escape(", ".join(f"{r} {n}" for r, n in t.data.info()["examples"].items())))
+            out.print(table)
         return 0
     with RunProgress() as progress:
         result = run(progress=progress, **kwargs)
     for c in result.failed:
         console.print(f"[red]failed[/] {c.name}: {escape(c.error or '')} "
                       f"(traceback: {result.output_dir / c.traceback_file})")
+    for unit, task, error in result.failed_tasks:
+        console.print(f"[red]failed[/] task {task} of {unit}: {escape(error)}")
     ok = sum(1 for c in result.cells if c.status in ("ok", "resumed"))
-    console.print(f"{ok}/{len(result.cells)} cells finished; results in {result.output_dir}. "
-                  f"Compare them with: mkeval report {result.output_dir}")
-    return 1 if result.failed else 0
+    if result.cells:
+        console.print(f"{ok}/{len(result.cells)} cells finished; results in {result.output_dir}.")
+    if result.downstream_files:
+        console.print(f"downstream results: {', '.join(p.name for p in result.downstream_files)}")
+    console.print(f"Compare them with: mkeval report {result.output_dir}")
+    return 1 if result.failed or result.failed_tasks else 0
 
 
 class RunProgress:
@@ -205,6 +228,7 @@ class RunProgress:
                              console=console, transient=False)
         self.matrix = None
         self.cell = None
+        self.tasks = None
 
     def __enter__(self) -> "RunProgress":
         self.bars.__enter__()
@@ -214,7 +238,7 @@ class RunProgress:
         self.bars.__exit__(*exc)
 
     def __call__(self, event: str, **info: Any) -> None:
-        if event == "plan":
+        if event == "plan" and info["cells"]:
             self.matrix = self.bars.add_task("matrix", total=len(info["cells"]), info="")
         elif event == "cell_start":
             if self.cell is not None:
@@ -225,6 +249,14 @@ class RunProgress:
                              info=f"loss {info['loss']:.3f}  {info['tokens_per_second']:,.0f} tok/s")
         elif event == "eval" and self.cell is not None:
             self.bars.console.print(f"  step {info['step']}/{info['steps']}: validation perplexity {info['perplexity']:.3f}")
+        elif event == "downstream_plan":
+            self.tasks = self.bars.add_task("downstream", total=len(info["units"]) * len(info["tasks"]), info="")
+        elif event == "task_start" and getattr(self, "tasks", None) is not None:
+            self.bars.update(self.tasks, info=f"{info['unit']}: {info['task']}")
+        elif event == "task_end" and getattr(self, "tasks", None) is not None:
+            self.bars.advance(self.tasks)
+            if not info["status"].startswith("ok"):
+                self.bars.console.print(f"{info['unit']}: task {info['task']}: {info['status']}")
         elif event == "cell_end" and self.matrix is not None:
             self.bars.advance(self.matrix)
             self.bars.console.print(f"{info['name']}: {info['status']}")
@@ -235,6 +267,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import COLUMNS, build_report, write_report
 
     report = build_report(args.directory)
+    if report.results or report.failed:
+        _print_lm_table(report, args)
+    d = report.downstream
+    if d is not None:
+        table = Table(title=f"downstream tasks in {args.directory}", title_justify="left", padding=(0, 1),
+                      pad_edge=False)
+        for h in d.headers():
+            table.add_column(escape(h), justify="left" if h in ("benchmark", "task", "metric") else "right")
+        for row in d.table():
+            table.add_row(*map(escape, row))
+        out.print(table)
+        for t, r in sorted(d.skipped.items()):
+            out.print(f"[yellow]skipped[/] {escape(t)}: {escape(r)}")
+        for u, t, e in d.failed:
+            out.print(f"[red]failed[/] {escape(t)} ({escape(u)}): {escape(e)}")
+        for n in d.notes:
+            out.print(escape(n))
+    md, csv_path = write_report(report, args.directory)
+    console.print(f"wrote {md} and {csv_path}")
+    return 0
+
+
+def _print_lm_table(report: Any, args: argparse.Namespace) -> None:
+    from .report import COLUMNS
+
     table = Table(title=f"results in {args.directory} (params: non-embedding; gap: test ppl over the optimum)",
                   title_justify="left", padding=(0, 1), pad_edge=False)
     for c in COLUMNS:
@@ -248,9 +305,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     if len(report.protocol_hashes) > 1:
         out.print(f"[yellow]warning:[/] these results come from {len(report.protocol_hashes)} different protocols "
                   f"({', '.join(report.protocol_hashes)}); compare rows with the same protocol only")
-    md, csv_path = write_report(report, args.directory)
-    console.print(f"wrote {md} and {csv_path}")
-    return 0
 
 
 # ---------------------------------------------------------------------------- check

@@ -47,9 +47,19 @@ class Protocol:
     eval_stride: int = 0  # evaluation window stride in tokens (0: seq_len, non-overlapping windows)
     # robustness
     max_nonfinite: int = 5  # consecutive non-finite losses that fail a cell
+    # downstream fine-tuning: one recipe for every model and task (AdamW, linear warmup then linear decay to 0)
+    ft_lr: float = 3e-4  # peak learning rate
+    ft_epochs: int = 3  # passes over the task's train split
+    ft_batch_size: int = 16  # examples per optimiser step (and per evaluation batch)
+    ft_max_len: int = 256  # tokens per input; after pretraining, at most the pretraining seq_len
+    ft_weight_decay: float = 0.01
+    ft_warmup_ratio: float = 0.1  # fraction of fine-tuning steps spent warming up
+    ft_doc_stride: int = 128  # span tasks: tokens between the starts of a passage's windows
+    ft_max_answer_len: int = 30  # span tasks: longest answer predicted, in tokens
+    fewshot: tuple[int, ...] = (0, 5)  # prompt-scored tasks (MMLU): shot counts evaluated
 
     def __post_init__(self) -> None:
-        for name in ("seq_lens", "seeds", "betas"):
+        for name in ("seq_lens", "seeds", "betas", "fewshot"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -80,6 +90,14 @@ class Protocol:
              "seeds must be integers >= 0")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
         need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        need(_finite_pos(self.ft_lr), "ft_lr", "must be a positive number")
+        for name in ("ft_epochs", "ft_batch_size", "ft_doc_stride", "ft_max_answer_len"):
+            need(_pos_int(getattr(self, name)), name, "must be a positive integer")
+        need(_pos_int(self.ft_max_len) and self.ft_max_len >= 8, "ft_max_len", "must be an integer >= 8")
+        need(_finite(self.ft_weight_decay) and self.ft_weight_decay >= 0, "ft_weight_decay", "must be >= 0")
+        need(_finite(self.ft_warmup_ratio) and 0 <= self.ft_warmup_ratio < 1, "ft_warmup_ratio", "must be in [0, 1)")
+        need(all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.fewshot)
+             and len(set(self.fewshot)) == len(self.fewshot), "fewshot", "must be distinct integers >= 0")
         need(len(set(self.seq_lens)) == len(self.seq_lens), "seq_lens", "each length may appear once")
         need(len(set(self.seeds)) == len(self.seeds), "seeds", "each seed may appear once")
         need(isinstance(self.tokenizer, str) and bool(self.tokenizer.strip()), "tokenizer", "must be a name or path")
@@ -123,7 +141,7 @@ class Protocol:
 
 
 RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map",
-            "model_options", "dataset_options")
+            "model_options", "dataset_options", "include_path", "skip_bad_rows", "dev_holdout")
 """Keys a config file may hold besides protocol fields (what to run, not how)."""
 
 
@@ -175,6 +193,12 @@ def _check_run_key(key: str, value: Any, where: str) -> Any:
     elif key == "split_map":
         if not isinstance(value, (str, dict)):
             raise UsageError(f"{where}: split_map must be ROLE=SPLIT text or a mapping, got {value!r}")
+    elif key in ("skip_bad_rows", "dev_holdout"):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
+    elif key == "include_path":
+        if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise UsageError(f"{where}: include_path must be a folder or a list of folders, got {value!r}")
     elif key in ("model_options", "dataset_options"):
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
             raise UsageError(f"{where}: {key} must map a name to a mapping of options, got {value!r}")

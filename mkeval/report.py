@@ -56,9 +56,83 @@ def _format(column: Column, result: CellResult) -> str:
 
 
 @dataclass
+class Downstream:
+    """Downstream scores, one column per unit (``*_downstream.json``): (benchmark, task, metric) rows."""
+
+    units: list[str]
+    rows: list[tuple[str, str, str, list[float | None]]]
+    skipped: dict[str, str]  # task -> reason (the same for every unit: the data is absent)
+    failed: list[tuple[str, str, str]]  # (unit, task, error)
+    notes: list[str]
+
+    def table(self) -> list[list[str]]:
+        return [[b, t, m, *("" if v is None else f"{v:.4f}" for v in values)] for b, t, m, values in self.rows]
+
+    def headers(self) -> list[str]:
+        return ["benchmark", "task", "metric", *self.units]
+
+
+def read_downstream(directory: Path) -> Downstream | None:
+    summaries = {}
+    for path in sorted(directory.glob("*_downstream.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"report: {path} is not valid JSON ({exc})") from exc
+        if isinstance(data, dict) and "unit" in data:
+            summaries[data["unit"]] = data
+    if not summaries:
+        return None
+    keys: dict[tuple[str, str, str], dict[str, float | None]] = {}
+
+    def put(bench: str, task: str, metric: str, unit: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys.setdefault((bench, task, metric), {})[unit] = float(value)
+
+    for unit, s in summaries.items():
+        for bench in ("glue", "superglue"):
+            section = s.get(bench) or {}
+            for task, metrics in section.items():
+                if isinstance(metrics, dict) and task not in ("task_scores",):
+                    for metric, value in metrics.items():
+                        if metric not in ("score", "mode"):
+                            put(bench, task, metric, unit, value)
+            put(bench, "(average)", "score", unit, section.get("average"))
+            put(bench, "(evaluated tasks)", "mean score", unit, section.get("average_over_evaluated"))
+        squad = s.get("squad") or {}
+        for metric in ("em", "f1"):
+            put("squad", "squad", metric, unit, squad.get(metric))
+        mmlu = s.get("mmlu") or {}
+        for mode, section in (mmlu.get("modes") or {}).items():
+            put("mmlu", f"overall ({mode})", "accuracy", unit, section.get("accuracy"))
+            put("mmlu", f"overall ({mode})", "macro accuracy", unit, section.get("macro_accuracy"))
+            for cat, value in (section.get("category_scores") or {}).items():
+                put("mmlu", f"{cat} ({mode})", "accuracy", unit, value)
+        for task, metrics in (s.get("other") or {}).items():
+            for metric, value in metrics.items():
+                put("other", task, metric, unit, value)
+    units = list(summaries)
+    rows = [(b, t, m, [values.get(u) for u in units]) for (b, t, m), values in keys.items()]
+    skipped: dict[str, str] = {}
+    failed = []
+    notes = []
+    for unit, s in summaries.items():
+        skipped.update(s.get("skipped") or {})
+        failed += [(unit, t, e) for t, e in (s.get("failed") or {}).items()]
+        if s.get("limit"):
+            notes.append(f"{unit}: at most {s['limit']} examples per task split (--limit)")
+        if s.get("dev_holdout"):
+            notes.append(f"{unit}: tasks without a train split were fine-tuned on half of their eval split")
+    if len({s.get("protocol_hash") for s in summaries.values()}) > 1:
+        notes.append("warning: downstream results come from different protocols; compare like with like")
+    return Downstream(units, rows, skipped, failed, notes)
+
+
+@dataclass
 class Report:
     results: list[CellResult]
     failed: list[dict[str, Any]]
+    downstream: Downstream | None = None
 
     @property
     def protocol_hashes(self) -> list[str]:
@@ -79,7 +153,18 @@ class Report:
         if len(self.protocol_hashes) > 1:
             lines += ["", f"Warning: these results come from {len(self.protocol_hashes)} different protocols "
                           f"({', '.join(self.protocol_hashes)}); compare rows with the same protocol only."]
-        return "\n".join(lines) + "\n"
+        if not self.results:
+            lines = []
+        d = self.downstream
+        if d is not None:
+            lines += ["", "## Downstream tasks", "", "| " + " | ".join(d.headers()) + " |", "|" + "---|" * len(d.headers())]
+            lines += ["| " + " | ".join(row) + " |" for row in d.table()]
+            if d.skipped:
+                lines += ["", "Skipped tasks (no score):", ""] + [f"- `{t}`: {r}" for t, r in sorted(d.skipped.items())]
+            if d.failed:
+                lines += ["", "Failed tasks:", ""] + [f"- `{t}` ({u}): {e}" for u, t, e in d.failed]
+            lines += [""] + [f"- {n}" for n in d.notes] if d.notes else []
+        return "\n".join(lines).strip("\n") + "\n"
 
     def csv(self) -> str:
         buf = io.StringIO()
@@ -104,10 +189,11 @@ def build_report(directory: str | Path) -> Report:
                       if isinstance(c, dict) and c.get("status") == "failed"]
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UsageError(f"report: {summary} is not a valid run summary ({exc})") from exc
-    if not results and not failed:
+    downstream = read_downstream(path)
+    if not results and not failed and downstream is None:
         raise UsageError(f"report: no result files in {path}; run `mkeval run --output-dir {path}` first")
     results.sort(key=lambda r: (r.dataset, r.seq_len, r.precision, r.seed, r.model_name))
-    return Report(results, failed)
+    return Report(results, failed, downstream)
 
 
 def write_report(report: Report, directory: str | Path) -> tuple[Path, Path]:
@@ -115,4 +201,11 @@ def write_report(report: Report, directory: str | Path) -> tuple[Path, Path]:
     md, csv_path = Path(directory) / "report.md", Path(directory) / "report.csv"
     write_text(md, report.markdown())
     write_text(csv_path, report.csv())
+    if report.downstream is not None:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(report.downstream.headers())
+        for b, t, m, values in report.downstream.rows:
+            writer.writerow([b, t, m, *("" if v is None else v for v in values)])
+        write_text(Path(directory) / "report_downstream.csv", buf.getvalue())
     return md, csv_path

@@ -17,8 +17,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from .downstream import Pretrained, RunOptions, TaskInput, Unit, run_unit
 from .engine import Cell, CellPlan, git_revision, plan_hash, run_cell
-from .errors import CellFailed, UsageError
+from .errors import CellFailed, PluginError, UsageError
 from .protocol import Protocol, load_config
 from .registry import Registry, get_registry
 from .results import (
@@ -31,6 +32,8 @@ from .results import (
     write_text,
 )
 from .specs import DataRequest, LMData
+from .taskdata import TaskSkipped, load_task_data
+from .taskspec import TaskConfig, load_task_dir, specs_in
 from .text import parse_split_map
 from .training import Progress
 
@@ -50,6 +53,14 @@ class RunResult:
     protocol: Protocol
     dry_run: bool = False
     multi_dataset_files: list[Path] = field(default_factory=list)
+    downstream: dict[str, dict[str, Any]] = field(default_factory=dict)  # unit -> its _downstream.json content
+    downstream_files: list[Path] = field(default_factory=list)
+    tasks: list[TaskInput] = field(default_factory=list)
+
+    @property
+    def failed_tasks(self) -> list[tuple[str, str, str]]:
+        """``(unit, task, error)`` for every downstream task that failed."""
+        return [(u, t, e) for u, s in self.downstream.items() for t, e in s.get("failed", {}).items()]
 
     @property
     def failed(self) -> list[CellStatus]:
@@ -125,6 +136,10 @@ def run(
     match_params: str | None = None,
     split_map: str | dict[str, str] | None = None,
     dataset_options: dict[str, dict[str, Any]] | None = None,
+    include_path: str | Path | Sequence[str | Path] | None = None,
+    skip_bad_rows: bool | None = None,
+    dev_holdout: bool | None = None,
+    fewshot: str | Sequence[int] | int | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **protocol_fields: Any,
@@ -138,6 +153,13 @@ def run(
     from another split of text datasets (``"train=valid"``), recorded in every result.
     ``model_options`` / ``dataset_options`` map a model or dataset name to its build or load
     options (e.g. ``{"markov": {"vocab": 64}}``).
+
+    ``tasks`` (names or groups such as ``glue``) adds downstream evaluation: each model is
+    fine-tuned from its pretraining cell when ``datasets`` is given, else from scratch.
+    ``include_path`` adds folders of task specs; ``skip_bad_rows`` counts and leaves out bad
+    data rows instead of failing; ``dev_holdout`` fine-tunes a task without a train split on a
+    seeded half of its eval split (and evaluates on the other half); ``fewshot`` sets the shot
+    counts of prompt-scored tasks.
     """
     registry = registry or get_registry()
     file_protocol: dict[str, Any] = {}
@@ -159,6 +181,8 @@ def run(
         overrides["seq_lens"] = tuple(parse_ints(seq_len, "--seq-len"))
     if seeds is not None:
         overrides["seeds"] = tuple(parse_ints(seeds, "--seeds", minimum=0))
+    if fewshot is not None:
+        overrides["fewshot"] = tuple(parse_ints(fewshot, "--fewshot", minimum=0))
     if train_tokens is not None:
         overrides["train_tokens"] = train_tokens
     overrides.update({k: v for k, v in protocol_fields.items() if v is not None})
@@ -167,6 +191,7 @@ def run(
     model_names = split_names(models, "--models") or registry.names("model")
     if not model_names:
         raise UsageError("no model plugins are installed; see `mkeval list`")
+    pretrain = datasets is not None
     dataset_names = split_names(datasets, "--datasets") or list(DEFAULT_DATASETS)
     precision_names = resolve_precisions(
         registry, split_names(precisions, "--precisions"), parse_ints(bits, "--bits") if bits is not None else None
@@ -176,9 +201,20 @@ def run(
     for name in dataset_names:
         registry.get("dataset", name, option="--datasets")
     task_names = split_names(tasks, "--tasks")
+    include = include_path if include_path is not None else file_run.get("include_path")
+    task_configs: list[TaskConfig] = []
     if task_names:
-        resolve_tasks(registry, task_names)
-        raise UsageError("--tasks: downstream fine-tuning is not implemented yet; run language modelling only")
+        task_configs = resolve_tasks(registry, task_names, included_tasks(include))
+        if pretrain:
+            synthetic = [d for d in dataset_names if registry.get("dataset", d).synthetic]
+            if synthetic:
+                raise UsageError(f"--tasks: dataset(s) {', '.join(synthetic)} are synthetic and have no text "
+                                 "tokenizer to read task text; pretrain on a text dataset (e.g. --datasets wikitext-2) "
+                                 "or leave out --datasets to fine-tune from scratch")
+    elif include is not None:
+        raise UsageError("--include-path: given without --tasks")
+    skip_bad_rows = bool(skip_bad_rows if skip_bad_rows is not None else file_run.get("skip_bad_rows", False))
+    dev_holdout = bool(dev_holdout if dev_holdout is not None else file_run.get("dev_holdout", False))
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise UsageError(f"--limit: must be a positive integer, got {limit!r}")
     options = model_options if model_options is not None else file_run.get("model_options", {})
@@ -216,17 +252,70 @@ def run(
     if data_path is not None and not data_path.is_dir():
         raise UsageError(f"--data-dir: {data_dir} is not a directory")
 
-    plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path, limit,
-                       match_params, splits, data_options)
+    plans = []
+    if pretrain or not task_configs:
+        plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path,
+                           limit, match_params, splits, data_options)
     out = Path(output_dir)
     done = finished_cells(out) if resume and out.is_dir() else {}
+    run_options = RunOptions(limit=limit, dev_holdout=dev_holdout, skip_bad_rows=skip_bad_rows)
+    task_inputs = load_tasks(task_configs, data_path, run_options, protocol.data_seed)
     if dry_run:
         statuses = [CellStatus(p.name, p.cell_hash, "resumed" if p.cell_hash in done else "planned",
                                config=p.identity) for p in plans]
-        return RunResult(statuses, [], None, protocol, dry_run=True)
+        return RunResult(statuses, [], None, protocol, dry_run=True, tasks=task_inputs)
     check_writable(out)
-    data = load_data([p for p in plans if p.cell_hash not in done], registry, protocol, data_path)
-    return execute(plans, registry, protocol, out, dev, data, done, resume, progress)
+    data = load_data([p for p in plans if p.cell_hash not in done or task_inputs], registry, protocol, data_path)
+    scratch = [] if plans else scratch_units(registry, protocol, model_names, precision_names, options,
+                                             match_params)
+    return execute(plans, registry, protocol, out, dev, data, done, resume, progress, task_inputs, scratch,
+                   run_options)
+
+
+def included_tasks(include: str | Path | Sequence[str | Path] | None) -> dict[str, TaskConfig]:
+    """Task specs from ``--include-path`` folders (comma-separated or a list)."""
+    if include is None:
+        return {}
+    paths = str(include).split(",") if isinstance(include, (str, Path)) else [str(p) for p in include]
+    configs = [c for p in paths if p.strip() for c in load_task_dir(p.strip())]
+    return specs_in(configs)
+
+
+def load_tasks(configs: list[TaskConfig], data_dir: Path | None, options: RunOptions, seed: int) -> list[TaskInput]:
+    """Every task's data, before anything is written; bad rows are bad input (exit 2), absent files a skip."""
+    inputs = []
+    for config in configs:
+        try:
+            inputs.append(TaskInput(config, load_task_data(config, data_dir, options.skip_bad_rows, options.limit,
+                                                           options.dev_holdout, seed)))
+        except TaskSkipped as exc:
+            inputs.append(TaskInput(config, skipped=str(exc)))
+    if inputs and all(t.skipped for t in inputs):
+        reasons = "; ".join(f"{t.config.name}: {t.skipped}" for t in inputs[:5])
+        raise UsageError(f"--tasks: none of the {len(inputs)} task(s) can run here ({reasons}"
+                         f"{'; ...' if len(inputs) > 5 else ''}); check --data-dir")
+    return inputs
+
+
+def scratch_units(registry: Registry, protocol: Protocol, models: list[str], precisions: list[str],
+                  options: dict[str, dict[str, Any]], match: str | None) -> list[Unit]:
+    """Downstream units without pretraining: model x precision x seed, in the matrix's order."""
+    units = []
+    many_bits = len({registry.get("precision", p).bits for p in precisions}) < len(precisions)
+    for seed in protocol.seeds:
+        for precision in precisions:
+            for model in models:
+                name = model
+                if len(precisions) > 1:
+                    name += f"_bits{registry.get('precision', precision).bits}" + (f"_{precision}" if many_bits else "")
+                if len(protocol.seeds) > 1:
+                    name += f"_seed{seed}"
+                size = protocol.model_size or registry.get("model", model).default_size
+                ref = match if match and match != model else None
+                units.append(Unit(name, model, precision, seed, size, options.get(model, {}), ref,
+                                  (protocol.model_size or registry.get("model", ref).default_size) if ref else None,
+                                  options.get(ref, {}) if ref else {}))
+    return units
 
 
 def load_data(plans: list[CellPlan], registry: Registry, protocol: Protocol,
@@ -262,17 +351,39 @@ def data_request(protocol: Protocol, seq_len: int, data_dir: Path | None, split_
                        eval_tokens=0 if 0 in evals else max(evals), options=options or {})
 
 
-def resolve_tasks(registry: Registry, names: Iterable[str]) -> list[str]:
-    """Task names, with benchmark group names (e.g. ``glue``) expanded to their tasks."""
-    out = []
+def resolve_tasks(registry: Registry, names: Iterable[str],
+                  extra: dict[str, TaskConfig] | None = None) -> list[TaskConfig]:
+    """Task specs by name, with group names (e.g. ``glue``, ``mmlu_stem``) expanded to their tasks."""
+    extra = extra or {}
+    clash = [n for n in extra if n in registry.entries["task"]]
+    if clash:
+        spec = registry.get("task", clash[0]).spec
+        raise UsageError(f"--include-path: task {clash[0]!r} in {extra[clash[0]].source_file} is already defined "
+                         f"by {getattr(spec, 'source_file', None) or 'an installed plugin'}; rename it")
+    known = {n: registry.get("task", n).spec for n in registry.names("task")}
+    known.update(extra)
+    out: list[TaskConfig] = []
     for name in names:
-        members = [n for n in registry.names("task") if name in registry.get("task", n).groups]
+        members = [c for c in known.values() if name in getattr(c, "groups", ())]
         if members:
             out.extend(members)
+        elif name in known:
+            out.append(known[name])
         else:
-            registry.get("task", name, option="--tasks")
-            out.append(name)
-    return list(dict.fromkeys(out))
+            import difflib
+
+            groups = sorted({g for c in known.values() for g in getattr(c, "groups", ())})
+            close = difflib.get_close_matches(name, list(known) + groups, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UsageError(f"--tasks: unknown task or group {name!r}{hint} (groups: {', '.join(groups)}; "
+                             "`mkeval list` shows every task)")
+    for c in out:
+        if not isinstance(c, TaskConfig):
+            entry = registry.entry("task", getattr(c, "name", "?")) if getattr(c, "name", None) else None
+            who = f"plugin {entry.plugin!r} ({entry.distribution})" if entry else "a plugin"
+            raise PluginError(f"{who} registered a task whose spec is not a mkeval.TaskConfig; build task specs "
+                              "with mkeval.task_specs(folder)")
+    return list({c.name: c for c in out}.values())
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -355,8 +466,11 @@ def execute(
     done: dict[str, tuple[Path, dict[str, Any]]],
     resume: bool,
     progress: Progress | None,
+    tasks: list[TaskInput] | None = None,
+    scratch: list[Unit] | None = None,
+    options: RunOptions | None = None,
 ) -> RunResult:
-    """Run the cells not in ``done`` (finished results, by cell hash) and write their results."""
+    """Run the cells not in ``done`` (finished results, by cell hash), then the downstream units."""
     out.mkdir(parents=True, exist_ok=True)
     run_info = {"started": _now(), "git_revision": git_revision(), "resume": resume,
                 "cells": len(plans), "protocol_hash": protocol.hash}
@@ -410,20 +524,55 @@ def execute(
             failed = [c for c in statuses if c.status == "failed" and c.config["cell"]["model"] == model]
             write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {}), len(failed)))
             multi_files.append(path)
+    downstream: dict[str, dict[str, Any]] = {}
+    downstream_files: list[Path] = []
+    if tasks:
+        units = list(scratch or [])
+        by_hash = {r.cell_hash: r for r in results}
+        per_model = {p.cell.model: sum(1 for q in plans if q.cell.model == p.cell.model) for p in plans}
+        for plan in plans:
+            result = by_hash.get(plan.cell_hash)
+            name = plan.cell.model if per_model[plan.cell.model] == 1 else plan.name
+            cell_data = data.get((plan.cell.dataset, plan.cell.seq_len))
+            if result is None or not isinstance(cell_data, LMData) or cell_data.tokenizer is None:
+                why = "its pretraining cell failed" if result is None else "its dataset has no text tokenizer"
+                downstream[name] = {"model_name": plan.cell.model, "unit": name, "skipped_unit": why}
+                continue
+            units.append(Unit(name, plan.cell.model, plan.cell.precision, plan.cell.seed, plan.model_size,
+                              pretrained=Pretrained(plan.name, out / result.checkpoint, cell_data.tokenizer,
+                                                    cell_data.vocab_size, plan.cell.seq_len,
+                                                    result.config["model"]["options"], plan.cell_hash)))
+        if progress:
+            progress("downstream_plan", units=[u.name for u in units], tasks=[t.config.name for t in tasks])
+        for unit in units:
+            path, summary = run_unit(unit, tasks, protocol, registry, out, device, options or RunOptions(),
+                                     run_info, resume, progress)
+            downstream[unit.name] = summary
+            downstream_files.append(path)
+            write_summary(out, protocol, run_info, statuses, downstream)
     run_info["finished"] = _now()
-    write_summary(out, protocol, run_info, statuses)
-    return RunResult(statuses, results, out, protocol, multi_dataset_files=multi_files)
+    write_summary(out, protocol, run_info, statuses, downstream)
+    return RunResult(statuses, results, out, protocol, multi_dataset_files=multi_files, downstream=downstream,
+                     downstream_files=downstream_files, tasks=list(tasks or []))
 
 
-def write_summary(out: Path, protocol: Protocol, run_info: dict[str, Any], statuses: list[CellStatus]) -> None:
+def write_summary(out: Path, protocol: Protocol, run_info: dict[str, Any], statuses: list[CellStatus],
+                  downstream: dict[str, dict[str, Any]] | None = None) -> None:
     counts = {s: sum(1 for c in statuses if c.status == s) for s in ("ok", "resumed", "failed")}
-    write_json(out / SUMMARY_FILE, {
+    summary = {
         "run": run_info,
         "protocol": protocol.to_dict(),
         "protocol_hash": protocol.hash,
         "counts": counts,
         "cells": [c.__dict__ for c in statuses],
-    })
+    }
+    if downstream:
+        summary["downstream"] = {
+            unit: {"skipped_unit": s["skipped_unit"]} if "skipped_unit" in s else {
+                "file": f"{unit}_downstream.json", "skipped": sorted(s.get("skipped", {})),
+                "failed": sorted(s.get("failed", {}))}
+            for unit, s in downstream.items()}
+    write_json(out / SUMMARY_FILE, summary)
 
 
 def _now() -> str:

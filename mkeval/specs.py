@@ -80,13 +80,15 @@ class LMData:
 
     ``optimal_perplexity`` is the lowest perplexity any model can reach on the scored
     tokens when the source is known exactly (synthetic data), else None. ``info`` is
-    recorded in every result built on this data.
+    recorded in every result built on this data. ``tokenizer`` (a ``mkeval.tokenizers.Tokenizer``,
+    text datasets only) is what downstream tasks use to read text after pretraining.
     """
 
     vocab_size: int
     splits: dict[str, TokenSplit]
     optimal_perplexity: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ class PrecisionSpec:
 class TaskSpec:
     """A downstream task. ``groups`` are the benchmark names that select it (e.g. ``glue``).
 
-    ``spec`` is the task's own definition, read by the task engine.
+    ``spec`` is the task's definition, a ``mkeval.taskspec.TaskConfig`` (what a ``tasks/*.yaml``
+    file holds); ``mkeval.task_specs(folder)`` builds these from a folder of spec files.
     """
 
     name: str

@@ -150,6 +150,7 @@ def build_lm_data(source: TextSource, request: DataRequest) -> LMData:
             "token_budgets": budgets,
             **({"warning": f"splits {', '.join(same)} read the same text"} if same else {}),
         },
+        tokenizer=tokenizer,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -30,6 +31,8 @@ class Tokenizer:
     encode: Callable[[str], list[int]]
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    # ids and each token's (start, end) character span in the text (for span answers, e.g. SQuAD)
+    encode_offsets: Callable[[str], tuple[list[int], list[tuple[int, int]]]] | None = None
 
 
 def _digest(*parts: Any) -> str:
@@ -62,12 +65,25 @@ def word_tokenizer(words: list[str], name: str = "word") -> Tokenizer:
     def encode(doc: str) -> list[int]:
         return [vocab.get(w, unk) for w in doc.split()]
 
-    return Tokenizer(name, len(vocab), eos, encode, _digest("word", words), {"unk_id": unk})
+    def encode_offsets(doc: str) -> tuple[list[int], list[tuple[int, int]]]:
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", doc)]
+        return [vocab.get(doc[a:b], unk) for a, b in spans], spans
+
+    return Tokenizer(name, len(vocab), eos, encode, _digest("word", words), {"unk_id": unk}, encode_offsets)
 
 
 def byte_tokenizer() -> Tokenizer:
     """UTF-8 bytes; documents are separated by the newline byte."""
-    return Tokenizer("byte", 256, 10, lambda doc: list(doc.encode("utf-8")), _digest("byte-v1"))
+    def encode_offsets(doc: str) -> tuple[list[int], list[tuple[int, int]]]:
+        ids, spans = [], []
+        for i, ch in enumerate(doc):
+            b = ch.encode("utf-8")
+            ids.extend(b)
+            spans.extend([(i, i + 1)] * len(b))
+        return ids, spans
+
+    return Tokenizer("byte", 256, 10, lambda doc: list(doc.encode("utf-8")), _digest("byte-v1"),
+                     encode_offsets=encode_offsets)
 
 
 def train_bpe(train_docs: Iterable[str], vocab_size: int) -> str:
@@ -89,8 +105,12 @@ def bpe_tokenizer(state: str, name: str) -> Tokenizer:
     from tokenizers import Tokenizer as HFTokenizer
 
     tok = HFTokenizer.from_str(state)
+    def encode_offsets(doc: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = tok.encode(doc)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
     return Tokenizer(name, tok.get_vocab_size(), tok.token_to_id(EOS), lambda doc: tok.encode(doc).ids,
-                     _digest("bpe", state), {"trained_on": "train split"})
+                     _digest("bpe", state), {"trained_on": "train split"}, encode_offsets)
 
 
 def hf_tokenizer(path: str) -> Tokenizer:
@@ -109,7 +129,12 @@ def hf_tokenizer(path: str) -> Tokenizer:
         raise UsageError(f"--tokenizer {path!r} has no end-of-text or separator token to separate documents")
     files = sorted(p for p in Path(path).glob("*") if p.is_file()) if Path(path).is_dir() else []
     fp = _digest("hf", path, [hashlib.sha256(p.read_bytes()).hexdigest() for p in files], len(tok))
-    return Tokenizer(f"hf:{path}", len(tok), eos, lambda doc: tok(doc, add_special_tokens=False)["input_ids"], fp)
+    def encode_offsets(doc: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = tok(doc, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+
+    return Tokenizer(f"hf:{path}", len(tok), eos, lambda doc: tok(doc, add_special_tokens=False)["input_ids"], fp,
+                     encode_offsets=encode_offsets if getattr(tok, "is_fast", False) else None)
 
 
 def parse_spec(spec: str) -> tuple[str, int | None]:

@@ -1,0 +1,297 @@
+"""Reading a task's examples: the official local layouts under ``--data-dir``, or the Hugging Face hub.
+
+Readers turn each file into rows (dicts) in the task's field names; every row is checked
+(fields present, label in the label set) and a bad row is an error naming the file and
+line, or, with ``skip_bad_rows``, counted and left out. A task whose files are absent is
+not an error: it is reported as skipped with the paths that were looked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import UsageError
+from .taskspec import HubSource, LocalLayout, TaskConfig, canon, lookup, template_fields
+
+log = logging.getLogger(__name__)
+csv.field_size_limit(1 << 30)
+
+
+class TaskSkipped(Exception):
+    """The task cannot run here (files absent, hub unreachable); the message says why."""
+
+
+@dataclass
+class TaskData:
+    """A task's rows by role (``train``, ``eval``, ``fewshot``) and where they came from."""
+
+    rows: dict[str, list[dict[str, Any]]]
+    source: str
+    files: dict[str, list[str]] = field(default_factory=dict)
+    skipped_rows: dict[str, int] = field(default_factory=dict)
+    total_rows: dict[str, int] = field(default_factory=dict)  # before --limit
+    missing: dict[str, str] = field(default_factory=dict)  # role -> why it is absent
+    train_from_eval: bool = False  # --dev-holdout: train is a seeded half of the eval split
+    fingerprint: str = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"source": self.source, "files": self.files, "examples": {r: len(v) for r, v in self.rows.items()},
+                "rows_before_limit": self.total_rows, "skipped_rows": self.skipped_rows,
+                "missing_roles": self.missing, "train_from_eval_holdout": self.train_from_eval}
+
+
+def load_task_data(config: TaskConfig, data_dir: Path | None, skip_bad_rows: bool = False, limit: int | None = None,
+                   dev_holdout: bool = False, seed: int = 1234) -> TaskData:
+    """The task's rows; raises ``TaskSkipped`` when the eval split is unavailable."""
+    if data_dir is not None:
+        data = _load_local(config, data_dir, skip_bad_rows)
+    elif config.hub is not None:
+        data = _load_hub(config, config.hub, skip_bad_rows)
+    else:
+        raise TaskSkipped("no --data-dir given and the spec names no Hugging Face dataset")
+    if "train" not in data.rows and dev_holdout and config.finetune:
+        rows = list(data.rows["eval"])
+        random.Random(f"{seed}:{config.name}").shuffle(rows)
+        half = len(rows) // 2
+        data.rows["train"], data.rows["eval"] = rows[:half], rows[half:]
+        data.train_from_eval = True
+        data.missing.pop("train", None)
+    data.total_rows = {r: len(v) for r, v in data.rows.items()}
+    if limit is not None:
+        data.rows = {r: v[:limit] if r != "fewshot" else v for r, v in data.rows.items()}
+    return data
+
+
+# --------------------------------------------------------------------------- local files
+def _resolve(layout: LocalLayout, data_dir: Path) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
+    """Files found for each role (under the first root that holds the eval files) and the paths tried."""
+    tried: dict[str, list[str]] = {}
+    for root in layout.roots:
+        found: dict[str, list[Path]] = {}
+        for role, patterns in layout.files.items():
+            paths: list[Path] = []
+            complete = True  # every file a role names must be there (CoLA's dev is two files)
+            for pattern in patterns:
+                full = data_dir / root / pattern
+                if glob.has_magic(pattern):
+                    matches = sorted(Path(p) for p in glob.glob(str(full)))
+                else:
+                    matches = [full] if full.is_file() else []
+                complete = complete and bool(matches)
+                paths.extend(matches)
+                tried.setdefault(role, []).append(str(Path(root) / pattern))
+            if complete:
+                found[role] = paths
+        if "eval" in found:
+            return found, tried
+    return {}, tried
+
+
+def _load_local(config: TaskConfig, data_dir: Path, skip: bool) -> TaskData:
+    tried_all: list[str] = []
+    for layout in config.local:
+        found, tried = _resolve(layout, data_dir)
+        tried_all.extend(tried.get("eval", []))
+        if not found:
+            continue
+        data = TaskData(rows={}, source=f"local:{data_dir}", files={r: [str(p) for p in ps] for r, ps in found.items()})
+        digest = hashlib.sha256()
+        for role, paths in found.items():
+            rows, bad = [], 0
+            for path in paths:
+                digest.update(f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+                for where, raw in _read(layout, path):
+                    try:
+                        rows.append(_row(config, layout.fields, layout.label_values, raw, where))
+                    except (KeyError, ValueError) as exc:
+                        if not skip:
+                            raise UsageError(f"{exc.args[0]} (pass --skip-bad-rows to leave such rows out)") from None
+                        bad += 1
+            data.rows[role], data.skipped_rows[role] = rows, bad
+        data.fingerprint = digest.hexdigest()[:16]
+        for role in ("train", "fewshot"):
+            if role in layout.files and role not in found:
+                data.missing[role] = "absent: " + ", ".join(tried.get(role, []))
+        return data
+    raise TaskSkipped(f"files absent under {data_dir}: looked for " + ", ".join(dict.fromkeys(tried_all)))
+
+
+def _read(layout: LocalLayout, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, raw row)`` for each example in ``path``."""
+    if layout.format in ("tsv", "csv"):
+        yield from _read_table(layout, path)
+    elif layout.format == "squad":
+        yield from _read_squad(path)
+    else:
+        for where, obj in _read_jsonl(path):
+            if layout.format == "jsonl":
+                yield where, obj
+            elif layout.format == "multirc":
+                yield from _explode_multirc(where, obj)
+            else:
+                yield from _explode_record(where, obj)
+
+
+def _read_table(layout: LocalLayout, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    delimiter = "\t" if layout.format == "tsv" else ","
+    quoting = csv.QUOTE_NONE if layout.format == "tsv" else csv.QUOTE_MINIMAL  # GLUE tsvs hold bare quotes
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        columns = list(layout.columns)
+        try:
+            if layout.header:
+                header = next(reader)
+                columns = columns or [c.strip() for c in header]
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                if not row or row == [""]:
+                    continue
+                if len(row) != len(columns):
+                    yield where, {"__error__": f"{where}: {len(row)} columns, expected {len(columns)} "
+                                               f"({', '.join(columns)})"}
+                    continue
+                yield where, dict(zip(columns, row))
+        except StopIteration:
+            raise UsageError(f"{path}: the file is empty") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise UsageError(f"{path}:{reader.line_num}: cannot parse ({exc})") from None
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                yield where, {"__error__": f"{where}: malformed JSON line ({exc})"}
+                continue
+            yield where, obj if isinstance(obj, dict) else {"__error__": f"{where}: a JSON line must be an object"}
+
+
+def _read_squad(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a SQuAD JSON file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise UsageError(f"{path}: a SQuAD file holds {{'data': [articles]}}")
+    for a, article in enumerate(data["data"]):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(para.get("qas", [])):
+                where = f"{path}: article {a}, paragraph {p}, question {q}"
+                try:
+                    answers = qa["answers"]
+                    yield where, {"id": qa["id"], "title": article.get("title", ""), "context": para["context"],
+                                  "question": qa["question"], "answers": [x["text"] for x in answers],
+                                  "answer_starts": [x["answer_start"] for x in answers]}
+                except (KeyError, TypeError) as exc:
+                    yield where, {"__error__": f"{where}: missing field {exc}"}
+
+
+def _explode_multirc(where: str, obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One row per answer option; ``group`` is the question (MultiRC's EM is per question)."""
+    try:
+        passage = obj["passage"]
+        for question in passage["questions"]:
+            group = f"{obj['idx']}-{question['idx']}"
+            for answer in question["answers"]:
+                yield where, {"id": f"{group}-{answer['idx']}", "group": group, "paragraph": passage["text"],
+                              "question": question["question"], "answer": answer["text"], "label": answer.get("label")}
+    except (KeyError, TypeError) as exc:
+        yield where, {"__error__": f"{where}: missing field {exc}"}
+
+
+def _explode_record(where: str, obj: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One row per query; candidates are the passage's entity strings (ReCoRD's official reading)."""
+    try:
+        text = obj["passage"]["text"]
+        entities = list(dict.fromkeys(text[e["start"]:e["end"] + 1] for e in obj["passage"]["entities"]))
+        passage = text.replace("@highlight\n", "- ")
+        for qa in obj["qas"]:
+            yield where, {"id": str(qa["idx"]), "passage": passage, "query": qa["query"], "entities": entities,
+                          "answers": list(dict.fromkeys(a["text"] for a in qa.get("answers", [])))}
+    except (KeyError, TypeError) as exc:
+        yield where, {"__error__": f"{where}: missing field {exc}"}
+
+
+# --------------------------------------------------------------------------- hub
+def _load_hub(config: TaskConfig, hub: HubSource, skip: bool) -> TaskData:
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise TaskSkipped(f"the datasets library is not importable ({exc})") from None
+    data = TaskData(rows={}, source=f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else ""))
+    for role, split in hub.splits.items():
+        try:
+            ds = datasets.load_dataset(hub.path, hub.name, split=split)
+        except Exception as exc:  # offline, gated, renamed: the task is skipped, with the reason
+            if role == "eval":
+                raise TaskSkipped(f"Hugging Face dataset {hub.path}/{hub.name or ''} split {split!r} could not be "
+                                  f"loaded ({type(exc).__name__}: {str(exc)[:200]}); give --data-dir with the "
+                                  f"official files instead") from None
+            data.missing[role] = f"hub split {split!r} unavailable ({type(exc).__name__})"
+            continue
+        rows, bad = [], 0
+        for i, raw in enumerate(ds):
+            where = f"{data.source}[{split}] row {i}"
+            try:
+                rows.append(_row(config, hub.fields, hub.label_values, dict(raw), where))
+            except (KeyError, ValueError) as exc:
+                if not skip:
+                    raise UsageError(f"{exc.args[0]} (pass --skip-bad-rows to leave such rows out)") from None
+                bad += 1
+        data.rows[role], data.skipped_rows[role] = rows, bad
+        data.files[role] = [f"{data.source}:{split}"]
+    data.fingerprint = hashlib.sha256(data.source.encode()).hexdigest()[:16]
+    return data
+
+
+# --------------------------------------------------------------------------- rows
+def _row(config: TaskConfig, rename: dict[str, str], label_values: tuple[Any, ...], raw: dict[str, Any],
+         where: str) -> dict[str, Any]:
+    """A raw row in the task's field names, checked; ``KeyError``/``ValueError`` name ``where``."""
+    if "__error__" in raw:
+        raise ValueError(raw["__error__"])
+    row = dict(raw)
+    for canonical, source in rename.items():
+        row[canonical] = lookup(raw, source, where)
+    needed = [f for t in (*config.inputs, *config.choices) for f in template_fields(t)]
+    needed += [f for f in (config.label if not config.answers else None, config.answers, config.context,
+                           config.question, config.choices_field, config.group) if f]
+    for name in needed:
+        lookup(row, name, where)
+    ident = lookup(row, config.id, where) if config.id else where.rsplit("/", 1)[-1]
+    row["_id"], row["_where"] = str(ident), where
+    if config.kind == "regression":
+        try:
+            row["_label"] = float(lookup(row, config.label, where))
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: label {lookup(row, config.label, where)!r} is not a number") from None
+    elif config.label and not config.answers and config.kind in ("classification", "multiple_choice"):
+        value = canon(lookup(row, config.label, where))
+        spelled = [canon(v) for v in (label_values or config.labels)]
+        if value not in spelled:
+            raise ValueError(f"{where}: unknown label {value!r}; the task's labels are {', '.join(spelled)}")
+        row["_label"] = spelled.index(value)
+    if config.answers:
+        answers = lookup(row, config.answers, where)
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"{where}: {config.answers!r} must be a list of answer strings")
+        if config.kind == "span" and not answers:
+            raise ValueError(f"{where}: no gold answer")
+    if config.choices_field:
+        options = lookup(row, config.choices_field, where)
+        if not isinstance(options, list) or not options:
+            raise ValueError(f"{where}: {config.choices_field!r} must be a non-empty list of options")
+    return row
