@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="word (default), byte, bpe[:VOCAB], or a local Hugging Face tokenizer")
     p.add_argument("--eval-stride", type=_positive_int("--eval-stride"),
                    help="sliding-window evaluation stride in tokens (default: seq_len, non-overlapping)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (long sequences; the model must support it)")
     p.add_argument("--config", help="YAML file of protocol fields (flags override it)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="skip cells whose result exists for the same cell hash")
@@ -180,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
         model_size=args.model_size, match_params=args.match_params, split_map=args.split_map,
         tokenizer=args.tokenizer, eval_stride=args.eval_stride, include_path=args.include_path,
-        skip_bad_rows=args.skip_bad_rows or None, dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
+        grad_checkpointing=args.grad_checkpointing or None, skip_bad_rows=args.skip_bad_rows or None, dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
     )
     if args.dry_run:
         result = run(**kwargs)
@@ -361,6 +363,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = Path(args.output or f"bench_{args.name}.json")
     write_json(path, {"benchmark": args.name, "rows": result.rows, "notes": result.notes, "meta": result.meta})
     console.print(f"wrote {path}")
+    if result.plot is not None:
+        figure = path.with_suffix(".png")
+        result.plot(result, figure)
+        console.print(f"wrote {figure}")
     return 0
 
 

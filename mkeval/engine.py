@@ -58,13 +58,17 @@ class CellPlan:
     split_map: dict[str, str] = dataclasses.field(default_factory=dict)
     reference_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    evaluates: str | None = None  # a precision sweep: the cell whose checkpoint this one evaluates
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
-                "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params,
-                "reference_options": self.reference_options, "split_map": self.split_map,
-                "dataset_options": self.dataset_options}
+        out = {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
+               "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params,
+               "reference_options": self.reference_options, "split_map": self.split_map,
+               "dataset_options": self.dataset_options}
+        if self.evaluates is not None:  # absent otherwise, so training cells keep their hashes
+            out["evaluates"] = self.evaluates
+        return out
 
 
 def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
@@ -219,6 +223,82 @@ def run_cell(
         device=describe_device(device),
         git_revision=run_info.get("git_revision"),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        trained_precision=precision.name,
+    )
+
+
+def evaluate_cell(
+    plan: CellPlan,
+    base: CellResult,
+    data: LMData,
+    protocol: Protocol,
+    registry: Registry,
+    output_dir: Path,
+    device: torch.device,
+    run_info: dict[str, Any],
+) -> CellResult:
+    """A precision sweep's other precisions: ``base``'s best checkpoint evaluated at ``plan``'s
+    precision (quantized first, for a post-training precision). Nothing is retrained, so the
+    perplexity deltas are paired; the checkpoint on disk is never modified."""
+    cell = plan.cell
+    precision = registry.get("precision", cell.precision)
+    where = f"dataset {cell.dataset!r}"
+    windows = {split: make_windows(data.splits[split], cell.seq_len, cover_tail=True,
+                                   stride=protocol.eval_stride or None, where=f"{where}, split {split!r}")
+               for split in ("valid", "test")}
+    val = limit_windows(windows["valid"], protocol.eval_tokens, plan.limit or 0)
+    test = limit_windows(windows["test"], protocol.test_tokens, plan.limit or 0)
+    options = dict(base.config["model"]["options"])
+    model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
+                        registry=registry, **options).to(device)
+    load_checkpoint(model, output_dir / base.checkpoint, device)
+    quantization = precision.quantize(model) if precision.quantize is not None else None
+    with PeakMemory(device) as memory:
+        val_eval = evaluate_lm(model, val, protocol.batch_size, precision, device)
+        test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device)
+    word_ppl, bpb = text_metrics(test_eval.nll, test.scored_tokens, windows["test"].scored_tokens,
+                                 data.splits["test"].info)
+    size_mb = quantization["bytes_after"] / 2**20 if quantization else model_size_mb(model)
+    config = {
+        **base.config,
+        "cell": cell.__dict__,
+        "precision": {
+            "name": precision.name,
+            "bits": precision.bits,
+            "autocast_dtype": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else None,
+            "evaluation_only": True,
+            "trained_at": base.precision,
+        },
+        "limit": plan.limit,
+        "run": run_info,
+    }
+    delta = test_eval.perplexity - base.test_perplexity
+    return dataclasses.replace(
+        base,
+        precision=precision.name,
+        bits=precision.bits,
+        final_perplexity=val_eval.perplexity,
+        best_perplexity=val_eval.perplexity,
+        peak_memory_mb=memory.peak_mb,
+        model_size_mb=size_mb,
+        config=config,
+        test_perplexity=test_eval.perplexity,
+        test_loss=test_eval.loss,
+        test_accuracy=test_eval.accuracy,
+        test_tokens=test_eval.tokens,
+        test_word_perplexity=word_ppl,
+        test_bits_per_byte=bpb,
+        perplexity_gap=None if base.optimal_perplexity is None else test_eval.perplexity / base.optimal_perplexity - 1,
+        cell_hash=plan.cell_hash,
+        versions=versions(registry, cell),
+        device=describe_device(device),
+        git_revision=run_info.get("git_revision"),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        trained_precision=base.precision,
+        evaluated_checkpoint_of=plan.evaluates,
+        perplexity_delta=delta,
+        relative_perplexity_delta=delta / base.test_perplexity,
+        quantization=quantization,
     )
 
 

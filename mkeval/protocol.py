@@ -45,6 +45,7 @@ class Protocol:
     model_size: str | None = None  # size preset for every model (None: each model's default)
     tokenizer: str = "word"  # text datasets: word, byte, bpe[:VOCAB] or a local Hugging Face tokenizer
     eval_stride: int = 0  # evaluation window stride in tokens (0: seq_len, non-overlapping windows)
+    grad_checkpointing: bool = False  # recompute activations in backward (long contexts; the model must support it)
     # robustness
     max_nonfinite: int = 5  # consecutive non-finite losses that fail a cell
     # downstream fine-tuning: one recipe for every model and task (AdamW, linear warmup then linear decay to 0)
@@ -90,6 +91,7 @@ class Protocol:
              "seeds must be integers >= 0")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
         need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        need(isinstance(self.grad_checkpointing, bool), "grad_checkpointing", "must be true or false")
         need(_finite_pos(self.ft_lr), "ft_lr", "must be a positive number")
         for name in ("ft_epochs", "ft_batch_size", "ft_doc_stride", "ft_max_answer_len"):
             need(_pos_int(getattr(self, name)), name, "must be a positive integer")

@@ -37,6 +37,8 @@ COLUMNS = [
     Column("acc", lambda r: r.test_accuracy, "{:.3f}"),
     Column("word ppl", lambda r: r.test_word_perplexity, "{:.2f}"),
     Column("bpb", lambda r: r.test_bits_per_byte, "{:.4f}"),
+    Column("Δppl", lambda r: r.relative_perplexity_delta, "pct"),  # vs the same checkpoint at its training precision
+    Column("weights MiB", lambda r: r.model_size_mb, "{:.2f}"),
     Column("val ppl", lambda r: r.best_perplexity, "{:.3f}"),
     Column("tok/s", lambda r: r.tokens_per_second, "{:,.0f}"),
     Column("MiB", lambda r: r.peak_memory_mb, "{:,.0f}"),
@@ -192,7 +194,7 @@ def build_report(directory: str | Path) -> Report:
     downstream = read_downstream(path)
     if not results and not failed and downstream is None:
         raise UsageError(f"report: no result files in {path}; run `mkeval run --output-dir {path}` first")
-    results.sort(key=lambda r: (r.dataset, r.seq_len, r.precision, r.seed, r.model_name))
+    results.sort(key=lambda r: (r.dataset, r.seq_len, r.seed, -r.bits, r.precision, r.model_name))
     return Report(results, failed, downstream)
 
 

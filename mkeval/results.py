@@ -71,6 +71,12 @@ class CellResult:
     device: dict[str, Any]
     git_revision: str | None
     created: str  # ISO 8601 UTC
+    # precision sweeps: every precision after the first evaluates the first one's checkpoint
+    trained_precision: str | None = None  # the precision the evaluated checkpoint was trained at
+    evaluated_checkpoint_of: str | None = None  # that training cell's name; None: this cell trained
+    perplexity_delta: float | None = None  # test_perplexity minus the training cell's (same checkpoint)
+    relative_perplexity_delta: float | None = None  # perplexity_delta / the training cell's test_perplexity
+    quantization: dict[str, Any] | None = None  # what a post-training precision quantized, how, bytes
     status: str = "ok"
     schema_version: int = SCHEMA_VERSION
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from .downstream import Pretrained, RunOptions, TaskInput, Unit, run_unit
-from .engine import Cell, CellPlan, git_revision, plan_hash, run_cell
+from .engine import Cell, CellPlan, evaluate_cell, git_revision, plan_hash, run_cell
 from .errors import CellFailed, PluginError, UsageError
 from .protocol import Protocol, load_config
 from .registry import Registry, get_registry
@@ -101,7 +101,7 @@ def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: l
     names = list(precisions or [])
     for b in bits or []:
         matches = [n for n in registry.names("precision") if registry.get("precision", n).bits == b]
-        preferred = {32: "fp32", 16: "fp16"}.get(b)
+        preferred = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}.get(b)
         if preferred in matches:
             names.append(preferred)
         elif len(matches) == 1:
@@ -112,7 +112,10 @@ def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: l
     names = list(dict.fromkeys(names)) or list(DEFAULT_PRECISIONS)
     for n in names:
         registry.get("precision", n, option="--precisions")
-    return names
+    # the first precision that trains is the one every other precision evaluates the checkpoint of
+    trains = [n for n in names if registry.get("precision", n).quantize is None]
+    base = trains[0] if trains else DEFAULT_PRECISIONS[0]
+    return [base] + [n for n in names if n != base]
 
 
 def run(
@@ -231,6 +234,9 @@ def run(
         size = protocol.model_size or spec.default_size
         if spec.sizes and size is not None and size not in spec.sizes:
             raise UsageError(f"model_size: model {name!r} has no size {size!r}; its sizes are {', '.join(spec.sizes)}")
+        if protocol.grad_checkpointing and not _supports_checkpointing(registry, name, size, options.get(name, {})):
+            raise UsageError(f"grad_checkpointing: model {name!r} has no set_gradient_checkpointing(enabled) method; "
+                             "run it without gradient checkpointing or add the method to its plugin")
         too_long = [n for n in protocol.seq_lens if spec.max_seq_len is not None and n > spec.max_seq_len]
         if too_long:
             raise UsageError(f"--seq-len: model {name!r} supports at most {spec.max_seq_len} tokens, asked for {too_long}")
@@ -272,6 +278,18 @@ def run(
                    run_options)
 
 
+def _supports_checkpointing(registry: Registry, name: str, size: str | None, options: dict[str, Any]) -> bool:
+    """Whether the model has ``set_gradient_checkpointing`` (built on the meta device: nothing allocated)."""
+    from .models import build_model
+
+    try:
+        with torch.device("meta"):
+            model = build_model(name, 8, 16, size=size, registry=registry, **options)
+    except Exception:  # a build that needs real memory: the cell itself will say
+        return True
+    return callable(getattr(model, "set_gradient_checkpointing", None))
+
+
 def included_tasks(include: str | Path | Sequence[str | Path] | None) -> dict[str, TaskConfig]:
     """Task specs from ``--include-path`` folders (comma-separated or a list)."""
     if include is None:
@@ -302,6 +320,7 @@ def scratch_units(registry: Registry, protocol: Protocol, models: list[str], pre
     """Downstream units without pretraining: model x precision x seed, in the matrix's order."""
     units = []
     many_bits = len({registry.get("precision", p).bits for p in precisions}) < len(precisions)
+    precisions = [p for p in precisions if registry.get("precision", p).quantize is None]
     for seed in protocol.seeds:
         for precision in precisions:
             for model in models:
@@ -422,9 +441,11 @@ def plan_cells(
         return protocol.model_size or registry.get("model", model).default_size
 
     plans = []
+    base_precision = precisions[0]  # resolve_precisions puts the training precision first
     for dataset in datasets:
         for seq_len in protocol.seq_lens:
             for seed in protocol.seeds:
+                trained: dict[str, str] = {}
                 for precision in precisions:
                     for model in models:
                         cell = Cell(model, dataset, seq_len, precision, seed)
@@ -440,8 +461,12 @@ def plan_cells(
                                         size_of(match) if match and match != model else None,
                                         dict(split_map or {}),
                                         model_options.get(match, {}) if match and match != model else {},
-                                        (dataset_options or {}).get(dataset, {}))
-                        plans.append(dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity)))
+                                        (dataset_options or {}).get(dataset, {}),
+                                        None if precision == base_precision else trained[model])
+                        plan = dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity))
+                        if precision == base_precision:
+                            trained[model] = plan.name
+                        plans.append(plan)
     return plans
 
 
@@ -476,6 +501,7 @@ def execute(
                 "cells": len(plans), "protocol_hash": protocol.hash}
     statuses: list[CellStatus] = []
     results: list[CellResult] = []
+    done_plans: list[CellPlan] = []  # the plan of each entry of results
     dataset_failures: dict[str, dict[str, str]] = {}
     if progress:
         progress("plan", cells=[p.name for p in plans])
@@ -485,20 +511,30 @@ def execute(
             path, data = done[plan.cell_hash]
             statuses.append(CellStatus(plan.name, plan.cell_hash, "resumed", path.name, config=plan.identity))
             results.append(CellResult.from_json(data))
+            done_plans.append(plan)
             if progress:
                 progress("cell_end", index=index, name=plan.name, status="resumed")
             continue
         if progress:
-            progress("cell_start", index=index, name=plan.name, steps=protocol.steps(cell.seq_len))
+            progress("cell_start", index=index, name=plan.name,
+                     steps=protocol.steps(cell.seq_len) if plan.evaluates is None else 0)
         try:
             cell_data = data[(cell.dataset, cell.seq_len)]
             if isinstance(cell_data, Exception):
                 raise cell_data
-            result = run_cell(plan, cell_data, protocol, registry, out, device, run_info, progress)
+            if plan.evaluates is None:
+                result = run_cell(plan, cell_data, protocol, registry, out, device, run_info, progress)
+            else:
+                base = next((r for r, p in zip(results, done_plans) if p.name == plan.evaluates), None)
+                if base is None:
+                    raise CellFailed(f"its training cell {plan.evaluates} did not finish, so there is no "
+                                     "checkpoint to evaluate at this precision")
+                result = evaluate_cell(plan, base, cell_data, protocol, registry, out, device, run_info)
             path = out / f"{plan.name}.json"
             write_json(path, result.to_json())
             statuses.append(CellStatus(plan.name, plan.cell_hash, "ok", path.name, config=plan.identity))
             results.append(result)
+            done_plans.append(plan)
             status = "ok"
         except KeyboardInterrupt:
             raise
@@ -529,8 +565,9 @@ def execute(
     if tasks:
         units = list(scratch or [])
         by_hash = {r.cell_hash: r for r in results}
-        per_model = {p.cell.model: sum(1 for q in plans if q.cell.model == p.cell.model) for p in plans}
-        for plan in plans:
+        trained = [p for p in plans if p.evaluates is None]  # post-training precisions get no downstream run
+        per_model = {p.cell.model: sum(1 for q in trained if q.cell.model == p.cell.model) for p in trained}
+        for plan in trained:
             result = by_hash.get(plan.cell_hash)
             name = plan.cell.model if per_model[plan.cell.model] == 1 else plan.name
             cell_data = data.get((plan.cell.dataset, plan.cell.seq_len))

@@ -132,6 +132,10 @@ class PrecisionSpec:
     training and evaluation; ``grad_scaling`` turns on dynamic loss scaling where the
     device needs it (CUDA). ``unsupported(device) -> str | None`` returns why the precision
     cannot run on a device, checked before any training starts.
+
+    ``quantize(model) -> dict`` makes it a post-training precision: it never trains; the
+    runner hands it a copy of a checkpoint trained at the run's training precision, which it
+    quantizes in place (returning what it did, recorded in the result), and evaluates that.
     """
 
     name: str
@@ -140,6 +144,7 @@ class PrecisionSpec:
     grad_scaling: bool = False
     unsupported: Callable[[torch.device], str | None] | None = None
     description: str = ""
+    quantize: Callable[[nn.Module], dict[str, Any]] | None = None
 
 
 # --------------------------------------------------------------------------- tasks
@@ -166,6 +171,7 @@ class BenchmarkResult:
     columns: list[str]
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    plot: Callable[["BenchmarkResult", Path], None] | None = None  # draws the figure (PNG) at a path
 
 
 @dataclass(frozen=True)

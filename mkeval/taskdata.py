@@ -150,8 +150,9 @@ def _read_table(layout: LocalLayout, path: Path) -> Iterator[tuple[str, dict[str
             if layout.header:
                 header = next(reader)
                 columns = columns or [c.strip() for c in header]
+            start = reader.line_num + 1  # a quoted field may span lines: name the line the row starts on
             for row in reader:
-                where = f"{path}:{reader.line_num}"
+                where, start = f"{path}:{start}", reader.line_num + 1
                 if not row or row == [""]:
                     continue
                 if len(row) != len(columns):

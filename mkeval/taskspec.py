@@ -142,7 +142,11 @@ def load_task_file(path: str | Path) -> TaskConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise UsageError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+        detail = getattr(exc, "problem", None) or exc
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:  # an unclosed bracket's problem is at the end of the file
+            detail = f"{detail} ({context} at line {context_mark.line + 1})"
+        raise UsageError(f"{where}: malformed YAML: {detail}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}:1: a task spec must be a mapping of field: value")
     config = _build(TaskConfig, data, node, str(path))

@@ -107,6 +107,10 @@ def train(
     consecutive_bad = 0
     interval_sum, interval_count = 0.0, 0
     best_loss = math.inf
+    if protocol.grad_checkpointing:
+        if not callable(getattr(model, "set_gradient_checkpointing", None)):
+            raise CellFailed("grad_checkpointing: the model has no set_gradient_checkpointing(enabled) method")
+        model.set_gradient_checkpointing(True)
     model.train()
     with wall_timer:
         for step in range(steps):

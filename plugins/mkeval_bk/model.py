@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from mkeval import UsageError
 from torch import nn
 
@@ -149,19 +150,19 @@ class MoEFeedForward(nn.Module):
         self.top_k = cfg.top_k
         self.aux_loss_weight = cfg.aux_loss_weight
         self.router = nn.Linear(d, e, bias=False)
-        self.w_in = nn.Parameter(torch.empty(e, d, f))
-        self.b_in = nn.Parameter(torch.zeros(e, f))
-        self.w_out = nn.Parameter(torch.empty(e, f, d))
-        self.b_out = nn.Parameter(torch.zeros(e, d))
+        # Experts are plain nn.Linear layers (what weight-only quantization acts on): the input
+        # projections of all experts as one matmul, the output projections one per expert.
+        self.experts_in = nn.Linear(d, e * f)
+        self.experts_out = nn.ModuleList(nn.Linear(f, d) for _ in range(e))
         self.aux_loss: torch.Tensor | None = None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        e = self.w_in.shape[0]
+        e = len(self.experts_out)
         probs = self.router(h).float().softmax(-1)  # [B, N, E]
         top_p, top_i = probs.topk(self.top_k, dim=-1)
         gates = torch.zeros_like(probs).scatter(-1, top_i, top_p)  # chosen experts' probabilities, else 0
-        hidden = F.gelu(torch.einsum("bnd,edf->bnef", h, self.w_in) + self.b_in)
-        out = torch.einsum("bnef,efd->bned", hidden, self.w_out) + self.b_out
+        hidden = F.gelu(self.experts_in(h)).unflatten(-1, (e, -1))  # [B, N, E, F]
+        out = torch.stack([expert(hidden[..., i, :]) for i, expert in enumerate(self.experts_out)], dim=-2)
         # Switch Transformer balance loss: n_experts * sum_e (share of assignments) * (mean probability)
         share = F.one_hot(top_i, e).sum(-2).float().mean((0, 1)) / self.top_k
         self.aux_loss = self.aux_loss_weight * e * (share * probs.mean((0, 1))).sum()
@@ -191,6 +192,7 @@ class BKLanguageModel(nn.Module):
         super().__init__()
         self.config = cfg
         self.causal = cfg.causal
+        self.gradient_checkpointing = False
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -211,15 +213,25 @@ class BKLanguageModel(nn.Module):
             nn.init.normal_(block.mix.out.weight, std=residual_std)
             nn.init.zeros_(block.mix.out.bias)
             nn.init.normal_(block.moe.router.weight, std=0.02)
-            nn.init.normal_(block.moe.w_in, std=0.02)
-            nn.init.normal_(block.moe.w_out, std=residual_std)
+            nn.init.normal_(block.moe.experts_in.weight, std=0.02)
+            nn.init.zeros_(block.moe.experts_in.bias)
+            for expert in block.moe.experts_out:
+                nn.init.normal_(expert.weight, std=residual_std)
+                nn.init.zeros_(expert.bias)
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``LongTensor[B, N]`` -> final-norm hidden states ``[B, N, d_model]``."""
         x = self.embed(input_ids)
         for block in self.blocks:
-            x = block(x)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.norm(x)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each block's activations in the backward pass (less memory, one more forward)."""
+        self.gradient_checkpointing = enabled
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden_states(input_ids))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from . import backend as backends
@@ -110,11 +111,15 @@ class Backbone(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, backend: str) -> torch.Tensor:
         hidden = self.embedding(input_ids)
         for layer in self.layers:
-            hidden = layer(hidden, backend)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden = torch.utils.checkpoint.checkpoint(layer, hidden, backend, use_reentrant=False)
+            else:
+                hidden = layer(hidden, backend)
         return self.norm_f(hidden)
 
 
@@ -171,6 +176,10 @@ class MambaLM(nn.Module):
         if used != self.backend:
             self.backend = used
         return used
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each layer's activations in the backward pass (less memory, one more forward)."""
+        self.backbone.gradient_checkpointing = enabled
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-norm hidden states ``[B, N, d_model]``."""

@@ -39,6 +39,7 @@ class GPT(nn.Module):
         )
         config._attn_implementation = "sdpa"
         self.gpt = GPT2LMHeadModel(config)
+        _conv1d_to_linear(self.gpt)
         self.backend = "transformers.GPT2LMHeadModel (sdpa attention)"
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -46,6 +47,32 @@ class GPT(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.gpt.transformer(input_ids=input_ids, use_cache=False).last_hidden_state
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """transformers' own per-block activation checkpointing."""
+        if not enabled:
+            (getattr(self.gpt, "activation_checkpointing_disable", None) or self.gpt.gradient_checkpointing_disable)()
+        elif hasattr(self.gpt, "activation_checkpointing_enable"):  # transformers >= 5
+            self.gpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.gpt.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _conv1d_to_linear(model: nn.Module) -> None:
+    """GPT-2 keeps its projections in ``Conv1D`` (a transposed linear). Swap each for the same
+    ``nn.Linear`` (same weights, same outputs) so that tools acting on linear layers, such as
+    weight-only quantization, see every projection."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                nx, nf = child.weight.shape
+                linear = nn.Linear(nx, nf)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.T)
+                    linear.bias.copy_(child.bias)
+                setattr(module, child_name, linear)
 
 
 def build(vocab_size: int, max_seq_len: int, size: str | None = None, **options) -> GPT:
@@ -70,3 +97,18 @@ def register_models(register):
         size_knob="n_embd",
         description="GPT-2-style decoder (transformers.GPT2LMHeadModel), learned positions, tied embeddings",
     ))
+
+
+@mkeval.hookimpl
+def register_flop_formulas(register):
+    """CPU attention: ``FlopCounterMode`` counts the CUDA SDPA kernels but not the CPU flash kernel."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    register(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, forward)
+    register(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward, backward)

@@ -109,8 +109,9 @@ def test_top_k_experts_only():
     moe = model.blocks[0].moe
     h = torch.randn(2, 5, model.config.d_model)
     with torch.no_grad():
-        moe.w_out.zero_()
-        moe.b_out.copy_(torch.eye(3, model.config.d_model))  # expert e outputs unit vector e
+        for e, expert in enumerate(moe.experts_out):  # expert e outputs unit vector e
+            expert.weight.zero_()
+            expert.bias.copy_(torch.eye(3, model.config.d_model)[e])
         probs = moe.router(h).softmax(-1)
         out = moe(h)
     chosen = probs.argmax(-1)

@@ -1,0 +1,156 @@
+"""``mkeval bench scaling``: training-step cost against sequence length, for any registered models.
+
+At every length each model trains on the same number of tokens per batch (batch size =
+tokens per batch / length), so a model whose cost is linear in length keeps a flat time per
+token. Per model and length: step time (forward, next-token loss, backward, AdamW update;
+median of ``repeats`` timed steps after one untimed warm-up), tokens per second, time per
+token, peak memory, and FLOPs per token (``FlopCounterMode``, with the plugins' formulas).
+A length a model declares it cannot take (``ModelSpec.max_seq_len``), or that runs out of
+memory, is reported as such and the sweep goes on. ``plot`` draws the figure (PNG).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import mkeval
+from mkeval import BenchmarkResult, BenchmarkSpec, UsageError
+
+DEFAULT_SEQ_LENS = (256, 1024, 4096, 16384)
+DEFAULT_MODELS = ("bk", "mamba", "transformer")
+DEFAULT_REPEATS = 3
+VOCAB_SIZE = 256
+COLUMNS = ["model", "seq_len", "batch_size", "status", "step_s", "tokens_per_s", "us_per_token",
+           "per_token_vs_shortest", "peak_memory_mb", "flops_per_token"]
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor) -> None:
+    logits = model(ids[:, :-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
+    from mkeval.measure import PeakMemory, count_step_flops, synchronize
+    from mkeval.models import build_model
+
+    registry = mkeval.get_registry()
+    spec = registry.get("model", name, option="--models")
+    row: dict[str, Any] = {"model": name, "seq_len": seq_len, "batch_size": batch}
+    if spec.max_seq_len is not None and seq_len > spec.max_seq_len:
+        return {**row, "status": f"unsupported: {name} declares at most {spec.max_seq_len} tokens"}
+    try:
+        model = build_model(name, VOCAB_SIZE, seq_len, size="tiny", seed=0).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, VOCAB_SIZE, (batch, seq_len + 1), generator=gen).to(device)
+        flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)), registry.flop_formulas)
+        _step(model, opt, ids)  # warm-up: allocations, kernel selection
+        times = []
+        with PeakMemory(device) as memory:
+            for _ in range(repeats):
+                synchronize(device)
+                start = time.perf_counter()
+                _step(model, opt, ids)
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+    except torch.OutOfMemoryError:
+        return {**row, "status": "out of memory"}
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
+            return {**row, "status": "out of memory"}
+        raise
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    step = statistics.median(times)
+    tokens = batch * seq_len
+    return {**row, "status": "ok", "step_s": step, "tokens_per_s": tokens / step, "us_per_token": 1e6 * step / tokens,
+            "peak_memory_mb": memory.peak_mb, "flops_per_token": (flops.forward + flops.backward) / tokens,
+            "memory_method": memory.method}
+
+
+def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, models: Sequence[str] | None = None,
+        repeats: int | None = None, device: str | None = None) -> BenchmarkResult:
+    lens = sorted(seq_lens or DEFAULT_SEQ_LENS)
+    names = list(models or DEFAULT_MODELS)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # batch_size: sequences per batch at the longest length; tokens per batch are fixed from it
+    tokens = (batch_size or 1) * lens[-1]
+    bad = [n for n in lens if tokens % n]
+    if bad:
+        raise UsageError(f"bench scaling: tokens per batch ({tokens}) must be a multiple of every --seq-len; {bad} "
+                         "are not (use lengths that divide the longest)")
+    rows = []
+    for name in names:
+        mine = [measure(name, n, tokens // n, repeats or DEFAULT_REPEATS, dev) for n in lens]
+        first = next((r for r in mine if r["status"] == "ok"), None)
+        for r in mine:
+            if r["status"] == "ok" and first is not None:
+                r["per_token_vs_shortest"] = r["us_per_token"] / first["us_per_token"]
+        rows.extend(mine)
+    from mkeval.measure import describe_device
+
+    notes = [f"{tokens} tokens per batch at every length (batch_size = {tokens} / seq_len); models at size tiny, "
+             f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median of "
+             f"{repeats or DEFAULT_REPEATS} after one warm-up.",
+             "per_token_vs_shortest: time per token at this length over the model's time per token at the "
+             "shortest length it ran (1.0 = linear cost in length)."]
+    if dev.type == "cpu":
+        notes.append("CPU peak memory is the process's resident set sampled during the timed steps: it includes "
+                     "the Python and torch runtime and whatever the allocator kept from earlier measurements.")
+    return BenchmarkResult(rows=rows, columns=COLUMNS, notes=notes,
+                           meta={"device": describe_device(dev), "tokens_per_batch": tokens, "seq_lens": lens,
+                                 "models": names, "torch": torch.__version__},
+                           plot=plot)
+
+
+def plot(result: BenchmarkResult, path: Path) -> None:
+    """Time per token and peak memory against length, one line per model (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in result.meta["models"]:
+        ok = [r for r in result.rows if r["model"] == name and r["status"] == "ok"]
+        if not ok:
+            continue
+        lens = [r["seq_len"] for r in ok]
+        axes[0].plot(lens, [r["us_per_token"] for r in ok], marker="o", label=name)
+        axes[1].plot(lens, [r["peak_memory_mb"] for r in ok], marker="o", label=name)
+        for r in result.rows:
+            if r["model"] == name and r["status"] != "ok":
+                axes[0].annotate(f"{name}: {r['status'].split(':')[0]}", (r["seq_len"], ok[-1]["us_per_token"]),
+                                 fontsize=7)
+    device = result.meta["device"].get("name", result.meta["device"]["type"])
+    for ax, label in zip(axes, ("µs per token (training step)", "peak memory (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"mkeval bench scaling: {result.meta['tokens_per_batch']} tokens per batch, {device} (measured)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@mkeval.hookimpl
+def register_benchmarks(register):
+    register(BenchmarkSpec(name="scaling", run=run,
+                           description="training-step time, tokens/s, memory and FLOPs per token vs sequence "
+                                       "length, fixed tokens per batch, for any models"))

@@ -1,0 +1,121 @@
+"""INT8/INT4 precisions: quantized weights (checked by hand), paired deltas, one training per model."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mkeval
+from mkeval.batching import limit_windows, make_windows
+from mkeval.evaluation import evaluate_lm
+from mkeval.models import build_model
+from mkeval.training import load_checkpoint
+
+pytest.importorskip("torchao")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quant")
+    result = mkeval.run(models="transformer,bk,mamba", bits="32,8,4", output_dir=out, batch_size=8, seq_len=32,
+                        train_tokens=8 * 32 * 12, eval_interval=6, warmup_steps=2, eval_tokens=1024,
+                        test_tokens=2048)
+    return out, result
+
+
+def test_each_model_trains_once_and_every_precision_evaluates_that_checkpoint(sweep):
+    out, result = sweep
+    assert not result.failed
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == [f"{m}_markov_seq32_bits32.safetensors" for m in ("bk", "mamba", "transformer")]
+    by = {(r.model_name, r.precision): r for r in result.results}
+    for model in ("transformer", "bk", "mamba"):
+        base = by[(model, "fp32")]
+        assert base.evaluated_checkpoint_of is None and base.trained_precision == "fp32"
+        for name in ("int8", "int4"):
+            r = by[(model, name)]
+            assert r.evaluated_checkpoint_of == f"{model}_markov_seq32_bits32"
+            assert r.checkpoint == base.checkpoint and r.steps == base.steps  # no retraining
+            assert r.perplexity_delta == pytest.approx(r.test_perplexity - base.test_perplexity)
+            assert r.relative_perplexity_delta == pytest.approx(r.perplexity_delta / base.test_perplexity)
+            assert abs(r.relative_perplexity_delta) < 0.2  # a real, small degradation, finite
+            assert r.quantization["bytes_after"] < r.quantization["bytes_before"]
+            assert r.model_size_mb == pytest.approx(r.quantization["bytes_after"] / 2**20)
+
+
+def _reload(out, result, model):
+    r = next(r for r in result.results if r.model_name == model and r.precision == "fp32")
+    net = build_model(model, 32, 32, seed=0)
+    load_checkpoint(net, out / r.checkpoint, torch.device("cpu"))
+    return net, r
+
+
+@pytest.mark.parametrize("model", ["transformer", "bk", "mamba"])
+def test_quantized_weights_are_what_the_result_says(sweep, model, registry):
+    out, result = sweep
+    for name, levels in (("int8", 256), ("int4", 16)):
+        net, _ = _reload(out, result, model)
+        original = {n: m.weight.detach().clone() for n, m in net.named_modules() if isinstance(m, torch.nn.Linear)}
+        report = registry.get("precision", name).quantize(net)
+        recorded = json.loads((out / f"{model}_markov_seq32_bits{8 if name == 'int8' else 4}.json").read_text())
+        assert set(report["quantized_layers"]) == set(recorded["quantization"]["quantized_layers"])
+        assert report["quantized_layers"], "nothing was quantized"
+        for fqn in report["quantized_layers"]:
+            w = net.get_submodule(fqn).weight
+            q, scale = w.qdata, w.scale
+            assert q.dtype == torch.int8
+            if name == "int4":
+                assert int(q.min()) >= -8 and int(q.max()) <= 7  # 4-bit values
+                groups = q.reshape(q.shape[0], -1, 32)
+                assert max(len(torch.unique(g)) for g in groups.reshape(-1, 32)) <= levels
+                step = scale.reshape(q.shape[0], -1, 1)  # one scale per group of 32 input columns
+            else:
+                step = scale.reshape(q.shape[0], 1)  # one scale per output channel
+            # dequantization error at most half a step (plus rounding): a hand bound, per element
+            deq = w.dequantize().float()
+            err = (deq - original[fqn]).abs().reshape(step.shape[0], step.shape[1] if step.dim() > 2 else 1, -1)
+            assert bool((err <= step.abs().reshape(err.shape[0], err.shape[1], 1) * 0.5 + 1e-6).all()), fqn
+        kept = set(report["kept_high_precision"])
+        assert kept | set(report["quantized_layers"]) == set(original)
+        if model == "bk" and name == "int4":
+            assert any("experts_out" in f for f in report["quantized_layers"])  # the MoE experts are quantized
+
+
+def test_full_precision_evaluation_is_unchanged_by_the_quantized_ones(sweep):
+    out, result = sweep
+    fp32 = mkeval.get_registry().get("precision", "fp32")
+    for model in ("transformer", "bk", "mamba"):
+        net, r = _reload(out, result, model)
+        # the same windows as the cell: the test split under the protocol's test_tokens
+        from mkeval.registry import get_registry
+
+        data = get_registry().get("dataset", "markov").load(mkeval.runner.data_request(result.protocol, 32, None, {}))
+        windows = limit_windows(make_windows(data.splits["test"], 32, cover_tail=True), result.protocol.test_tokens, 0)
+        again = evaluate_lm(net, windows, result.protocol.batch_size, fp32, torch.device("cpu"))
+        assert again.perplexity == pytest.approx(r.test_perplexity, rel=1e-6)
+
+
+def test_a_precision_the_device_cannot_run_is_refused_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "run", "--models", "transformer", "--precisions",
+                           "fp32,int4-packed", "--output-dir", str(tmp_path / "x"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "int4-packed" in proc.stderr and "cpu" in proc.stderr and "--precisions int4" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "run", "--bits", "3", "--output-dir", str(tmp_path / "y")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "accepted values: 4, 8, 16, 32" in proc.stderr
+    assert not (tmp_path / "y").exists()
+
+
+def test_the_report_shows_perplexity_by_precision(sweep):
+    out, _ = sweep
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "report", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0
+    rows = [line for line in proc.stdout.splitlines() if "markov" in line]
+    assert {(m, p) for m in ("bk", "mamba") for p in ("fp32", "int8", "int4")} <= {
+        (line.split("│")[1].strip(), line.split("│")[4].strip()) for line in rows}
