@@ -143,6 +143,9 @@ def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry
     def fresh() -> torch.nn.Module:
         model = build_model(unit.model, vocab, build_len, size=unit.size, seed=unit.seed, registry=registry,
                             **model_options).to(device)
+        if getattr(model, "causal", True) is False:  # heads read the last position of right-padded inputs
+            raise CellFailed(f"model {unit.model!r} is built non-causal (option causal=False); task heads and "
+                             "prompt scoring need a causal model, so drop that option")
         if unit.pretrained is not None:
             load_checkpoint(model, unit.pretrained.checkpoint, device)
         return model
@@ -322,7 +325,8 @@ def downstream_summary(unit: Unit, results: dict[str, dict[str, Any]], configs: 
             lb = _config(registry, n, configs).leaderboard_task
             if lb:
                 merge.setdefault(lb, []).append(n)
-        summary[group] = {**entry, **benchmark_average(scores, members, merge)}
+        summary[group] = {**entry, **benchmark_average(scores, members, merge),
+                          "modes": sorted({e["mode"] for e in entry.values()})}
         placed.update(section)
     if "squad" in results:
         head = headline(results["squad"])
@@ -369,7 +373,9 @@ def mmlu_summary(results: dict[str, dict[str, Any]], configs: dict[str, TaskConf
             "macro_accuracy": sum(a for a, _ in scores.values()) / len(scores),
             "subject_scores": {name.removeprefix("mmlu_"): a for name, (a, _) in sorted(scores.items())},
             "category_scores": {c: sum(a * k for a, k in v) / sum(k for _, k in v) for c, v in sorted(cats.items())},
+            "category_macro_scores": {c: sum(a for a, _ in v) / len(v) for c, v in sorted(cats.items())},
             "num_subjects_evaluated": len(scores), "num_questions": n,
+            "complete": len(scores) == len(results),  # every MMLU task of the run has a score in this mode
         }
 
     out: dict[str, Any] = {"modes": {m: section(s) for m, s in modes.items()}}

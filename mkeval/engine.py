@@ -59,6 +59,8 @@ class CellPlan:
     reference_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     evaluates: str | None = None  # a precision sweep: the cell whose checkpoint this one evaluates
+    evaluates_hash: str | None = None  # ... and that cell's hash (a retrained checkpoint is a new number)
+    quantizer: str | None = None  # a post-training precision: its method and library version
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -67,7 +69,7 @@ class CellPlan:
                "reference_options": self.reference_options, "split_map": self.split_map,
                "dataset_options": self.dataset_options}
         if self.evaluates is not None:  # absent otherwise, so training cells keep their hashes
-            out["evaluates"] = self.evaluates
+            out.update(evaluates=self.evaluates, evaluates_hash=self.evaluates_hash, quantizer=self.quantizer)
         return out
 
 

@@ -181,7 +181,8 @@ class Span(Kind):
         context = str(lookup(row, self.config.context, where))
         ids, offsets = self.tok.encode_offsets(context)
         width = self.max_len - len(question) - 2
-        stride = max(1, min(self.protocol.ft_doc_stride, width))
+        # windows overlap by at least half, so an answer never falls only across a boundary
+        stride = max(1, min(self.protocol.ft_doc_stride, width // 2))
         answers = lookup(row, self.config.answers, where)
         starts = row.get("answer_starts") or []
         gold = None
@@ -295,6 +296,9 @@ def finetune(model: nn.Module, kind: Kind, train: list[Encoded], protocol: Proto
         for i in range(0, len(order), bs):
             batch = [train[j] for j in order[i: i + bs]]
             loss = kind.loss(_forward(model, kind, head, batch, device, precision), batch)
+            aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+            if aux is not None:  # e.g. MoE load balancing: the same objective as in pretraining
+                loss = loss + aux
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 skipped, bad_run = skipped + 1, bad_run + 1

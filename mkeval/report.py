@@ -40,10 +40,12 @@ COLUMNS = [
     Column("Δppl", lambda r: r.relative_perplexity_delta, "pct"),  # vs the same checkpoint at its training precision
     Column("weights MiB", lambda r: r.model_size_mb, "{:.2f}"),
     Column("val ppl", lambda r: r.best_perplexity, "{:.3f}"),
-    Column("tok/s", lambda r: r.tokens_per_second, "{:,.0f}"),
+    # an evaluation-only row (precision sweep) did not train: its training numbers are its training cell's
+    Column("tok/s", lambda r: None if r.evaluated_checkpoint_of else r.tokens_per_second, "{:,.0f}"),
     Column("MiB", lambda r: r.peak_memory_mb, "{:,.0f}"),
-    Column("train s", lambda r: r.training_time, "{:.1f}"),
-    Column("GFLOP/step", lambda r: (r.forward_flops + r.backward_flops) / 1e9, "{:.3f}"),
+    Column("train s", lambda r: None if r.evaluated_checkpoint_of else r.training_time, "{:.1f}"),
+    Column("GFLOP/step", lambda r: None if r.evaluated_checkpoint_of else (r.forward_flops + r.backward_flops) / 1e9,
+           "{:.3f}"),
 ]
 
 

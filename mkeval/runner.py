@@ -462,12 +462,29 @@ def plan_cells(
                                         dict(split_map or {}),
                                         model_options.get(match, {}) if match and match != model else {},
                                         (dataset_options or {}).get(dataset, {}),
-                                        None if precision == base_precision else trained[model])
+                                        None if precision == base_precision else trained[model][0],
+                                        None if precision == base_precision else trained[model][1],
+                                        _quantizer(registry, precision))
                         plan = dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity))
                         if precision == base_precision:
-                            trained[model] = plan.name
+                            trained[model] = (plan.name, plan.cell_hash)
                         plans.append(plan)
     return plans
+
+
+def _quantizer(registry: Registry, precision: str) -> str | None:
+    """What a post-training precision's numbers depend on besides the checkpoint (for the cell hash)."""
+    spec = registry.get("precision", precision)
+    if spec.quantize is None:
+        return None
+    entry = registry.entry("precision", precision)
+    try:
+        import importlib.metadata
+
+        version = importlib.metadata.version("torchao")
+    except Exception:  # noqa: BLE001 - a plugin may quantize without torchao
+        version = "unknown"
+    return f"{entry.distribution}:{spec.description}; torchao {version}"
 
 
 def check_writable(out: Path) -> None:

@@ -66,8 +66,23 @@ def load_task_data(config: TaskConfig, data_dir: Path | None, skip_bad_rows: boo
         data.missing.pop("train", None)
     data.total_rows = {r: len(v) for r, v in data.rows.items()}
     if limit is not None:
-        data.rows = {r: v[:limit] if r != "fewshot" else v for r, v in data.rows.items()}
+        data.rows = {r: _first(v, limit, config.group) if r != "fewshot" else v for r, v in data.rows.items()}
     return data
+
+
+def _first(rows: list[dict[str, Any]], limit: int, group: str | None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows, or with a group field (MultiRC's question) the rows of the first ``limit`` groups."""
+    if not group:
+        return rows[:limit]
+    keep: set[str] = set()
+    out = []
+    for row in rows:
+        g = str(lookup(row, group, row["_where"]))
+        if g not in keep and len(keep) == limit:
+            continue
+        keep.add(g)
+        out.append(row)
+    return out
 
 
 # --------------------------------------------------------------------------- local files

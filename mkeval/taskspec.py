@@ -262,8 +262,10 @@ def _check(c: TaskConfig, node: Any) -> None:
     for m in c.metrics:
         if m not in METRICS:
             fail("metrics", f"unknown metric {m!r}; known metrics: {', '.join(sorted(METRICS))}")
-    if c.prompt is not None and c.kind != "multiple_choice":
-        fail("prompt", "prompt scoring applies to multiple_choice tasks")
+    if c.prompt is not None and c.kind not in ("multiple_choice", "classification"):
+        fail("prompt", "prompt scoring applies to classification and multiple_choice tasks")
+    if c.prompt is not None and c.labels and len(c.prompt.choices) != len(c.labels):
+        fail("prompt", f"lists {len(c.prompt.choices)} choices for {len(c.labels)} labels")
     if not c.finetune and c.prompt is None:
         fail("finetune", "a task that is not fine-tuned needs a 'prompt'")
 

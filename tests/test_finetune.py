@@ -222,3 +222,15 @@ def test_multiple_choice_and_regression_heads_learn(fp32):
     preds = torch.tensor([r["prediction"] for r in records])
     refs = torch.tensor([r["reference"] for r in records])
     assert float(torch.corrcoef(torch.stack([preds, refs]))[0, 1]) > 0.9
+
+
+@pytest.mark.parametrize("task", ["qnli", "cola", "mrpc", "rte", "sst2", "wnli", "qqp"])
+def test_glue_prompts_match_lm_evaluation_harness(task, registry):
+    source = Path(lm_eval.__file__).parent / "tasks" / "glue" / task
+    theirs = yaml.safe_load(next(source.glob("*.yaml")).read_text().replace("!function", ""))
+    cfg = registry.get("task", task).spec
+    doc = {"question": "Who?", "sentence": "Him.", "sentence1": "A cat sat.", "sentence2": "A cat is here.",
+           "question1": "Q1?", "question2": "Q2?"}
+    row = rows_of([{**doc, "_label": 0}])[0]
+    assert context_for(cfg, row, []) == jinja2.Template(theirs["doc_to_text"]).render(**doc)
+    assert list(cfg.prompt.choices) == theirs["doc_to_choice"]

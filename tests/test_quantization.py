@@ -119,3 +119,35 @@ def test_the_report_shows_perplexity_by_precision(sweep):
     rows = [line for line in proc.stdout.splitlines() if "markov" in line]
     assert {(m, p) for m in ("bk", "mamba") for p in ("fp32", "int8", "int4")} <= {
         (line.split("│")[1].strip(), line.split("│")[4].strip()) for line in rows}
+
+
+def test_layers_a_model_marks_stay_in_high_precision_and_are_listed(registry):
+    class Marked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.keep = torch.nn.Linear(64, 64)
+            self.quant = torch.nn.Linear(64, 64)
+            self.narrow = torch.nn.Linear(16, 64)  # input width not a multiple of int4's group of 32
+
+        def no_quantize(self):
+            return {"keep"}
+
+    for name in ("int8", "int4"):
+        model = Marked()
+        before = model.keep.weight.detach().clone()
+        report = registry.get("precision", name).quantize(model)
+        assert set(report["quantized_layers"]) == ({"quant", "narrow"} if name == "int8" else {"quant"})
+        assert "no_quantize" in report["kept_high_precision"]["keep"]
+        assert type(model.keep.weight) is torch.nn.Parameter and torch.equal(model.keep.weight, before)
+        if name == "int4":
+            assert "group size 32" in report["kept_high_precision"]["narrow"]
+
+
+def test_an_evaluation_cell_hash_follows_the_checkpoint_it_evaluates(tmp_path):
+    """fp16-trained and bf16-trained checkpoints share a file name; their int8 cells must not share a hash."""
+    def int8_hash(precisions):
+        result = mkeval.run(models="transformer", precisions=precisions, output_dir=tmp_path, dry_run=True)
+        return next(c.cell_hash for c in result.cells if c.config["cell"]["precision"] == "int8")
+
+    assert int8_hash("fp16,int8") != int8_hash("bf16,int8")
+    assert int8_hash("fp32,int8") == int8_hash("fp32,int8")

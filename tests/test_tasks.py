@@ -221,11 +221,12 @@ def real(reg):
 
 
 @pytest.mark.parametrize("name,counts,missing", [
-    ("cola", {"train": 8551, "eval": 1043}, set()),  # eval: in_domain_dev 527 + out_of_domain_dev 516
-    ("mrpc", {"train": 3668, "eval": 408}, set()),
+    # GLUE tasks with an lm-eval prompt read their few-shot examples from the train file
+    ("cola", {"train": 8551, "eval": 1043, "fewshot": 8551}, set()),  # eval: in_domain_dev 527 + out_of_domain_dev 516
+    ("mrpc", {"train": 3668, "eval": 408, "fewshot": 3668}, set()),
     ("stsb", {"train": 5749, "eval": 1500}, set()),
-    ("qnli", {"eval": 5463}, {"train"}),
-    ("rte", {"train": 2490, "eval": 277}, set()),
+    ("qnli", {"eval": 5463}, {"train", "fewshot"}),
+    ("rte", {"train": 2490, "eval": 277, "fewshot": 2490}, set()),
     ("cb", {"train": 250, "eval": 56}, set()),
     ("copa", {"eval": 100}, {"train", "fewshot"}),
     ("sglue_rte", {"train": 2490, "eval": 277}, set()),
@@ -473,8 +474,9 @@ def test_limit_caps_rows_and_keeps_the_counts_before_it(tmp_path):
 
 def test_limit_on_real_files(real):
     full, limited = real("cola"), real("cola", limit=10)
-    assert {r: len(v) for r, v in limited.rows.items()} == {"train": 10, "eval": 10}
-    assert limited.total_rows == {"train": 8551, "eval": 1043}
+    # few-shot examples are not capped
+    assert {r: len(v) for r, v in limited.rows.items()} == {"train": 10, "eval": 10, "fewshot": 8551}
+    assert limited.total_rows == {"train": 8551, "eval": 1043, "fewshot": 8551}
     assert limited.rows["eval"] == full.rows["eval"][:10]
 
 
@@ -494,7 +496,7 @@ def test_dev_holdout_splits_qnli_dev_into_disjoint_seeded_halves(real):
 def test_dev_holdout_leaves_a_task_with_a_train_split_alone(real):
     data = real("cola", dev_holdout=True)
     assert not data.train_from_eval
-    assert {r: len(v) for r, v in data.rows.items()} == {"train": 8551, "eval": 1043}
+    assert {r: len(v) for r, v in data.rows.items()} == {"train": 8551, "eval": 1043, "fewshot": 8551}
 
 
 # --------------------------------------------------------------------------- 7. --include-path

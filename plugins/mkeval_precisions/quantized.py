@@ -67,12 +67,19 @@ def _config(name: str) -> tuple[Any, dict[str, Any]]:
 def quantizable(model: nn.Module, name: str) -> tuple[list[str], dict[str, str]]:
     """Linear layers to quantize, and those left in high precision with the reason."""
     marked = set(model.no_quantize()) if hasattr(model, "no_quantize") else set()
+    owners: dict[int, list[str]] = {}  # a weight shared by several modules (a head tied to the embedding)
+    for fqn, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{fqn}.{pname}" if fqn else pname)
     chosen, kept = [], {}
     for fqn, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
+        shared = [o for o in owners[id(module.weight)] if o != f"{fqn}.weight"]
         if fqn in marked:
             kept[fqn] = "the model marks it as not quantizable (no_quantize)"
+        elif shared:
+            kept[fqn] = f"its weight is shared with {', '.join(shared)} (tied), which is not a linear layer"
         elif name != "int8" and module.in_features % INT4_GROUP:
             kept[fqn] = f"in_features {module.in_features} is not a multiple of the group size {INT4_GROUP}"
         else:

@@ -69,7 +69,9 @@ def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.dev
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
             return {**row, "status": "out of memory"}
-        raise
+        return {**row, "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
+    except Exception as exc:  # one model failing at one length must not stop the sweep
+        return {**row, "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
     finally:
         gc.collect()
         if device.type == "cuda":
