@@ -280,6 +280,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         for row in d.table():
             table.add_row(*map(escape, row))
         out.print(table)
+        if d.comparisons:
+            table = Table(title="paired comparison (bootstrap over the same examples)", title_justify="left",
+                          padding=(0, 1), pad_edge=False)
+            for h in d.COMPARISON_HEADERS:
+                table.add_column(escape(h), justify="left" if h in ("task", "mode", "pair") else "right")
+            for row in d.comparison_table():
+                table.add_row(*map(escape, row))
+            out.print(table)
         for t, r in sorted(d.skipped.items()):
             out.print(f"[yellow]skipped[/] {escape(t)}: {escape(r)}")
         for u, t, e in d.failed:

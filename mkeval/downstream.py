@@ -210,6 +210,8 @@ def evaluate_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Reg
     folder = out / "downstream" / unit.name
     base = {"task": config.name, "kind": config.kind, "groups": list(config.groups), "category": config.category,
             "spec_file": config.source_file, "spec_hash": config_hash(config), "model_name": unit.model,
+            "metric_names": list(config.metrics), "labels": [canon(v) for v in config.labels],
+            "positive_label": None if config.positive_label is None else canon(config.positive_label),
             "unit": unit.name, "seed": unit.seed, "precision": unit.precision,
             "init": "scratch" if unit.pretrained is None else "pretrained",
             "pretrained_from": None if unit.pretrained is None else {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,6 +68,14 @@ class Downstream:
     skipped: dict[str, str]  # task -> reason (the same for every unit: the data is absent)
     failed: list[tuple[str, str, str]]  # (unit, task, error)
     notes: list[str]
+    comparisons: list[Any] = field(default_factory=list)  # significance.Comparison, first unit vs each other
+
+    def comparison_table(self) -> list[list[str]]:
+        return [[c.task, c.mode, f"{c.a} - {c.b}", str(c.examples), f"{c.score_a:.4f}", f"{c.score_b:.4f}",
+                 f"{c.difference:+.4f}", f"[{c.low:+.4f}, {c.high:+.4f}]", f"{c.p_value:.3f}"]
+                for c in self.comparisons]
+
+    COMPARISON_HEADERS = ["task", "mode", "pair", "n", "score a", "score b", "a - b", "95% CI", "p"]
 
     def table(self) -> list[list[str]]:
         return [[b, t, m, *("" if v is None else f"{v:.4f}" for v in values)] for b, t, m, values in self.rows]
@@ -98,9 +106,10 @@ def read_downstream(directory: Path) -> Downstream | None:
             section = s.get(bench) or {}
             for task, metrics in section.items():
                 if isinstance(metrics, dict) and task not in ("task_scores",):
+                    label = task if metrics.get("mode") in (None, "fine-tuned") else f"{task} ({metrics['mode']})"
                     for metric, value in metrics.items():
                         if metric not in ("score", "mode"):
-                            put(bench, task, metric, unit, value)
+                            put(bench, label, metric, unit, value)
             put(bench, "(average)", "score", unit, section.get("average"))
             put(bench, "(evaluated tasks)", "mean score", unit, section.get("average_over_evaluated"))
         squad = s.get("squad") or {}
@@ -129,7 +138,13 @@ def read_downstream(directory: Path) -> Downstream | None:
             notes.append(f"{unit}: tasks without a train split were fine-tuned on half of their eval split")
     if len({s.get("protocol_hash") for s in summaries.values()}) > 1:
         notes.append("warning: downstream results come from different protocols; compare like with like")
-    return Downstream(units, rows, skipped, failed, notes)
+    from .significance import RESAMPLES, compare_units
+
+    comparisons = [c for other in units[1:] for c in compare_units(directory, units[0], other)]
+    if comparisons:
+        notes.append(f"paired bootstrap over the same evaluation examples ({RESAMPLES} resamples): difference of "
+                     "the task score (mean of its metrics), 95% percentile interval, two-sided p")
+    return Downstream(units, rows, skipped, failed, notes, comparisons)
 
 
 @dataclass
@@ -163,6 +178,10 @@ class Report:
         if d is not None:
             lines += ["", "## Downstream tasks", "", "| " + " | ".join(d.headers()) + " |", "|" + "---|" * len(d.headers())]
             lines += ["| " + " | ".join(row) + " |" for row in d.table()]
+            if d.comparisons:
+                h = Downstream.COMPARISON_HEADERS
+                lines += ["", "Paired comparison:", "", "| " + " | ".join(h) + " |", "|" + "---|" * len(h)]
+                lines += ["| " + " | ".join(row) + " |" for row in d.comparison_table()]
             if d.skipped:
                 lines += ["", "Skipped tasks (no score):", ""] + [f"- `{t}`: {r}" for t, r in sorted(d.skipped.items())]
             if d.failed:

@@ -190,3 +190,4 @@ def test_headline_command_on_this_cpu(tmp_path):
     report = subprocess.run([sys.executable, "-m", "mkeval", "report", str(tmp_path)], capture_output=True,
                             text=True, timeout=120)
     assert report.returncode == 0 and "mmlu" in report.stdout and "skipped" in report.stdout
+    assert "paired comparison" in report.stdout and "mmlu (all subjects)" in report.stdout
