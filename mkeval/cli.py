@@ -266,7 +266,7 @@ class RunProgress:
 
 # ---------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import COLUMNS, build_report, write_report
+    from .report import build_report, write_report
 
     report = build_report(args.directory)
     if report.results or report.failed:

@@ -83,6 +83,26 @@ def plan_hash(protocol: Protocol, cell: Cell, identity: dict[str, Any]) -> str:
     return stable_hash({"protocol": cell_protocol(protocol, cell).to_dict(), **identity})
 
 
+def cell_windows(data: LMData, cell: Cell, protocol: Protocol, roles: tuple[str, ...]) -> dict[str, Any]:
+    """The cell's windows per split: train non-overlapping, valid/test with the protocol's stride and the tail."""
+    where = f"dataset {cell.dataset!r}"
+    out = {}
+    for split in roles:
+        if split not in data.splits:
+            raise CellFailed(f"{where} has no {split!r} split (it has {', '.join(data.splits)})")
+        out[split] = make_windows(data.splits[split], cell.seq_len, cover_tail=split != "train",
+                                  stride=None if split == "train" else protocol.eval_stride or None,
+                                  where=f"{where}, split {split!r}")
+    return out
+
+
+def precision_record(precision: Any) -> dict[str, Any]:
+    """What a result says about its precision."""
+    dtype = precision.autocast_dtype
+    return {"name": precision.name, "bits": precision.bits,
+            "autocast_dtype": str(dtype).replace("torch.", "") if dtype else None}
+
+
 def run_cell(
     plan: CellPlan,
     data: LMData,
@@ -97,13 +117,7 @@ def run_cell(
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
     where = f"dataset {cell.dataset!r}"
-    splits = {}
-    for split in ("train", "valid", "test"):
-        if split not in data.splits:
-            raise CellFailed(f"{where} has no {split!r} split (it has {', '.join(data.splits)})")
-        splits[split] = make_windows(data.splits[split], cell.seq_len, cover_tail=split != "train",
-                                     stride=None if split == "train" else protocol.eval_stride or None,
-                                     where=f"{where}, split {split!r}")
+    splits = cell_windows(data, cell, protocol, ("train", "valid", "test"))
     if len(splits["train"]) < protocol.batch_size:
         raise CellFailed(f"{where}: the train split holds {len(splits['train'])} windows of seq_len {cell.seq_len}, "
                          f"fewer than batch_size {protocol.batch_size}; use a shorter --seq-len or more data")
@@ -168,12 +182,8 @@ def run_cell(
             "scored_tokens": {"valid": val.scored_tokens, "test": test.scored_tokens},
             "splits": {name: s.info for name, s in data.splits.items()},
         },
-        "precision": {
-            "name": precision.name,
-            "bits": precision.bits,
-            "autocast_dtype": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else None,
-            "loss_scaling": precision.grad_scaling and device.type == "cuda",
-        },
+        "precision": {**precision_record(precision),
+                      "loss_scaling": precision.grad_scaling and device.type == "cuda"},
         "limit": plan.limit,
         "measurement": {
             "flops": "torch.utils.flop_counter.FlopCounterMode, one batch of batch_size x seq_len",
@@ -244,10 +254,7 @@ def evaluate_cell(
     perplexity deltas are paired; the checkpoint on disk is never modified."""
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
-    where = f"dataset {cell.dataset!r}"
-    windows = {split: make_windows(data.splits[split], cell.seq_len, cover_tail=True,
-                                   stride=protocol.eval_stride or None, where=f"{where}, split {split!r}")
-               for split in ("valid", "test")}
+    windows = cell_windows(data, cell, protocol, ("valid", "test"))
     val = limit_windows(windows["valid"], protocol.eval_tokens, plan.limit or 0)
     test = limit_windows(windows["test"], protocol.test_tokens, plan.limit or 0)
     options = dict(base.config["model"]["options"])
@@ -264,13 +271,7 @@ def evaluate_cell(
     config = {
         **base.config,
         "cell": cell.__dict__,
-        "precision": {
-            "name": precision.name,
-            "bits": precision.bits,
-            "autocast_dtype": str(precision.autocast_dtype).replace("torch.", "") if precision.autocast_dtype else None,
-            "evaluation_only": True,
-            "trained_at": base.precision,
-        },
+        "precision": {**precision_record(precision), "evaluation_only": True, "trained_at": base.precision},
         "limit": plan.limit,
         "run": run_info,
     }

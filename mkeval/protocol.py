@@ -150,18 +150,7 @@ RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir
 def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a YAML config: ``(protocol_fields, run_keys)``. Errors name the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--config {path}: cannot read ({exc.strerror})") from exc
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UsageError(f"{where}: malformed YAML: {problem}") from exc
+    data, root = read_yaml(path, "--config")
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -186,6 +175,24 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         where = f"{path}:{lines.get(bad, 1)}" if bad else str(path)
         raise UsageError(f"{where}: {exc}") from exc
     return protocol_values, run_values
+
+
+def read_yaml(path: Path, label: str) -> tuple[Any, Any]:
+    """``(data, node tree)`` of a YAML file, safe loader only; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{label} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        detail = getattr(exc, "problem", None) or exc
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None:  # an unclosed bracket's problem is at the end of the file
+            detail = f"{detail} ({context} at line {context_mark.line + 1})"
+        raise UsageError(f"{where}: malformed YAML: {detail}") from None
 
 
 def _check_run_key(key: str, value: Any, where: str) -> Any:

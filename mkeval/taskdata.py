@@ -119,18 +119,23 @@ def _load_local(config: TaskConfig, data_dir: Path, skip: bool) -> TaskData:
             continue
         data = TaskData(rows={}, source=f"local:{data_dir}", files={r: [str(p) for p in ps] for r, ps in found.items()})
         digest = hashlib.sha256()
+        parsed: dict[tuple[Path, ...], tuple[list[dict[str, Any]], int]] = {}  # roles may share files
         for role, paths in found.items():
-            rows, bad = [], 0
-            for path in paths:
-                digest.update(f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
-                for where, raw in _read(layout, path):
-                    try:
-                        rows.append(_row(config, layout.fields, layout.label_values, raw, where))
-                    except (KeyError, ValueError) as exc:
-                        if not skip:
-                            raise UsageError(f"{exc.args[0]} (pass --skip-bad-rows to leave such rows out)") from None
-                        bad += 1
-            data.rows[role], data.skipped_rows[role] = rows, bad
+            key = tuple(paths)
+            if key not in parsed:
+                rows, bad = [], 0
+                for path in paths:
+                    digest.update(f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+                    for where, raw in _read(layout, path):
+                        try:
+                            rows.append(_row(config, layout.fields, layout.label_values, raw, where))
+                        except (KeyError, ValueError) as exc:
+                            if not skip:
+                                raise UsageError(f"{exc.args[0]} (pass --skip-bad-rows to leave such rows out)") from None
+                            bad += 1
+                parsed[key] = (rows, bad)
+            rows, bad = parsed[key]
+            data.rows[role], data.skipped_rows[role] = list(rows), bad
         data.fingerprint = digest.hexdigest()[:16]
         for role in ("train", "fewshot"):
             if role in layout.files and role not in found:

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import UsageError
+from .protocol import read_yaml
 
 KINDS = ("classification", "regression", "multiple_choice", "span")
 FORMATS = ("tsv", "csv", "jsonl", "squad", "multirc", "record")
@@ -132,21 +133,7 @@ def canon(value: Any) -> str:
 def load_task_file(path: str | Path) -> TaskConfig:
     """Read and validate one spec; every error names the file (and the line where known)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read task spec ({exc})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        detail = getattr(exc, "problem", None) or exc
-        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if context and context_mark is not None:  # an unclosed bracket's problem is at the end of the file
-            detail = f"{detail} ({context} at line {context_mark.line + 1})"
-        raise UsageError(f"{where}: malformed YAML: {detail}") from None
+    data, node = read_yaml(path, "task spec")
     if not isinstance(data, dict):
         raise UsageError(f"{path}:1: a task spec must be a mapping of field: value")
     config = _build(TaskConfig, data, node, str(path))

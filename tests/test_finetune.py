@@ -1,6 +1,5 @@
 """Task kinds, the fine-tuning loop and log-likelihood scoring, against hand computations and lm-eval's own templates."""
 
-import math
 import random
 from pathlib import Path
 
@@ -12,15 +11,11 @@ import yaml
 from torch import nn
 
 from mkeval import Protocol
-from mkeval.finetune import Encoded, finetune, join, make_kind, predict
+from mkeval.finetune import finetune, join, make_kind, predict
 from mkeval.loglikelihood import context_for, encode_pair, score_prompt
-from mkeval.metrics import normalize_answer
 from mkeval.models import build_model
-from mkeval.taskspec import TaskConfig, Prompt, LocalLayout, canon
+from mkeval.taskspec import LocalLayout, Prompt, TaskConfig
 from mkeval.tokenizers import byte_tokenizer, word_tokenizer
-
-FP32 = None
-
 
 @pytest.fixture(scope="module")
 def fp32():

@@ -1,6 +1,5 @@
 """INT8/INT4 precisions: quantized weights (checked by hand), paired deltas, one training per model."""
 
-import hashlib
 import json
 import subprocess
 import sys

@@ -45,7 +45,7 @@ logging.getLogger("torch.utils._pytree").addFilter(_QuietEnumConstants())
 
 def torchao_missing() -> str | None:
     try:
-        import torchao  # noqa: F401
+        import torchao  # noqa: F401 - only whether it imports
     except ImportError as exc:
         return f"torchao is not importable ({exc}); pip install torchao"
     return None
