@@ -23,6 +23,8 @@ _EXPORTS = {
     "CellResult": "results", "read_results": "results",
     "check_model": "checks",
     "task_specs": "taskspec", "TaskConfig": "taskspec",
+    "load_checkpoint": "checkpoint", "write_checkpoint": "checkpoint", "save_weights": "checkpoint",
+    "export_checkpoint": "export", "lm_eval_model": "lm_eval_adapter",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -39,3 +41,9 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+# transformers classes of plugins (bk's exported checkpoints): registered when transformers loads them
+from . import hf_registration as _hf_registration  # noqa: E402
+
+_hf_registration.install()

@@ -125,18 +125,24 @@ def limit_windows(windows: Windows, max_tokens: int = 0, max_windows: int = 0) -
     return windows.head(count) if count < len(windows) else windows
 
 
-def training_batches(windows: Windows, batch_size: int, seed: int) -> Iterator[Batch]:
+def training_batches(windows: Windows, batch_size: int, seed: int, start: int = 0) -> Iterator[Batch]:
     """Endless batches in a seeded order: the same windows in the same order for every model.
 
     Each pass over the data is a fresh permutation; a final incomplete batch is dropped.
+    ``start`` skips that many batches without reading them (a resumed cell continues the order).
     """
     if len(windows) < batch_size:
         raise UsageError(f"training split has {len(windows)} windows, fewer than batch_size {batch_size}")
     gen = torch.Generator().manual_seed(seed)
+    per_pass = len(windows) // batch_size
+    skip_passes, skip = divmod(start, per_pass)
+    for _ in range(skip_passes):
+        torch.randperm(len(windows), generator=gen)
     while True:
         order = torch.randperm(len(windows), generator=gen)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield windows.take(order[start : start + batch_size])
+        for first in range(skip * batch_size, per_pass * batch_size, batch_size):
+            yield windows.take(order[first : first + batch_size])
+        skip = 0
 
 
 def eval_batches(windows: Windows, batch_size: int) -> Iterator[Batch]:

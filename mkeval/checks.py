@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import safetensors.torch
 import torch
+from torch import nn
 
-from .errors import UsageError
+from .errors import CellFailed, UsageError
 from .models import build_model
 from .registry import Registry
 
@@ -20,6 +22,70 @@ class CheckResult:
     name: str
     passed: bool
     detail: str
+
+
+def check_shape(model: nn.Module, ids: torch.Tensor, vocab_size: int) -> str:
+    """Logits ``[B, N, V]`` and hidden states ``[B, N, D]``, all finite."""
+    batch_size, seq_len = ids.shape
+    with torch.no_grad():
+        logits = model(ids)
+        hidden = model.hidden_states(ids)
+    assert tuple(logits.shape) == (batch_size, seq_len, vocab_size), \
+        f"logits shape {tuple(logits.shape)}, expected {(batch_size, seq_len, vocab_size)}"
+    assert hidden.dim() == 3 and tuple(hidden.shape[:2]) == (batch_size, seq_len), \
+        f"hidden_states shape {tuple(hidden.shape)}, expected ({batch_size}, {seq_len}, D)"
+    assert torch.isfinite(logits).all(), "logits contain non-finite values"
+    return f"logits {tuple(logits.shape)}, hidden states {tuple(hidden.shape)}"
+
+
+def check_causality(model: nn.Module, ids: torch.Tensor, vocab_size: int) -> str:
+    """Changing token t leaves every logit before t bit-identical, and changes some logit at or after t."""
+    seq_len = ids.shape[1]
+    with torch.no_grad():
+        base = model(ids)
+        for t in sorted({1, seq_len // 2, seq_len - 1}):
+            changed = ids.clone()
+            changed[:, t] = (changed[:, t] + 1) % vocab_size
+            out = model(changed)
+            assert torch.equal(out[:, :t], base[:, :t]), \
+                f"changing token {t} changed logits at earlier positions (max diff " \
+                f"{(out[:, :t] - base[:, :t]).abs().max().item():.3g}): the model sees the future"
+            assert not torch.equal(out[:, t:], base[:, t:]), f"changing token {t} changed no logits at all"
+    return "logits before t are bit-identical when token t changes"
+
+
+def check_eval_determinism(model: nn.Module, ids: torch.Tensor) -> str:
+    """The same input twice in eval mode gives bit-identical logits (so evaluations are reproducible)."""
+    with torch.no_grad():
+        first, second = model(ids), model(ids)
+    assert torch.equal(first, second), \
+        f"the same input gave different logits in eval mode (max diff {(first - second).abs().max().item():.3g})"
+    return "the same input gives bit-identical logits in eval mode"
+
+
+def _run(label: str, fn: Callable[[], str]) -> CheckResult:
+    try:
+        return CheckResult(label, True, fn())
+    except AssertionError as exc:
+        return CheckResult(label, False, str(exc))
+    except Exception as exc:  # a crash is a failed check, with its reason
+        return CheckResult(label, False, f"{type(exc).__name__}: {exc}")
+
+
+RUNTIME_CHECKS = ("shape", "causality", "eval_determinism")
+
+
+def runtime_checks(model: nn.Module, vocab_size: int, seq_len: int, device: torch.device,
+                   batch_size: int = 2) -> list[CheckResult]:
+    """The cheap contract checks the runner runs once per model and configuration, before its
+    first cell: output shape, causality and determinism under eval, on ``model`` as built for the
+    cell (its own copy, left in eval mode). Random ids come from a private generator."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (batch_size, max(2, seq_len)), generator=gen).to(device)
+    model.eval()
+    return [_run("shape", lambda: check_shape(model, ids, vocab_size)),
+            _run("causality", lambda: check_causality(model, ids, vocab_size)),
+            _run("eval_determinism", lambda: check_eval_determinism(model, ids))]
 
 
 def check_model(
@@ -41,41 +107,7 @@ def check_model(
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen)
-    results = []
-
-    def check(label: str, fn: Callable[[], str]) -> None:
-        try:
-            results.append(CheckResult(label, True, fn()))
-        except AssertionError as exc:
-            results.append(CheckResult(label, False, str(exc)))
-        except Exception as exc:  # a crash is a failed check, with its reason
-            results.append(CheckResult(label, False, f"{type(exc).__name__}: {exc}"))
-
     model = make().eval()
-
-    def shape() -> str:
-        with torch.no_grad():
-            logits = model(ids)
-            hidden = model.hidden_states(ids)
-        assert tuple(logits.shape) == (batch_size, seq_len, vocab_size), \
-            f"logits shape {tuple(logits.shape)}, expected {(batch_size, seq_len, vocab_size)}"
-        assert hidden.dim() == 3 and tuple(hidden.shape[:2]) == (batch_size, seq_len), \
-            f"hidden_states shape {tuple(hidden.shape)}, expected ({batch_size}, {seq_len}, D)"
-        assert torch.isfinite(logits).all(), "logits contain non-finite values"
-        return f"logits {tuple(logits.shape)}, hidden states {tuple(hidden.shape)}"
-
-    def causality() -> str:
-        with torch.no_grad():
-            base = model(ids)
-            for t in sorted({1, seq_len // 2, seq_len - 1}):
-                changed = ids.clone()
-                changed[:, t] = (changed[:, t] + 1) % vocab_size
-                out = model(changed)
-                assert torch.equal(out[:, :t], base[:, :t]), \
-                    f"changing token {t} changed logits at earlier positions (max diff " \
-                    f"{(out[:, :t] - base[:, :t]).abs().max().item():.3g}): the model sees the future"
-                assert not torch.equal(out[:, t:], base[:, t:]), f"changing token {t} changed no logits at all"
-        return "logits before t are bit-identical when token t changes"
 
     def determinism() -> str:
         other = make().eval()
@@ -111,9 +143,35 @@ def check_model(
             assert torch.equal(model(ids), fresh(ids)), "logits differ after a safetensors save/load"
         return "safetensors save/load into a fresh model gives identical logits"
 
-    check("shape", shape)
-    check("causality", causality)
-    check("determinism", determinism)
-    check("gradients", gradients)
-    check("state_dict round trip", round_trip)
-    return results
+    return [_run("shape", lambda: check_shape(model, ids, vocab_size)),
+            _run("causality", lambda: check_causality(model, ids, vocab_size)),
+            _run("determinism", determinism),
+            _run("eval_determinism", lambda: check_eval_determinism(model, ids)),
+            _run("gradients", gradients),
+            _run("state_dict round trip", round_trip)]
+
+
+def contract_record(model: nn.Module, key: Any, vocab_size: int, seq_len: int, device: torch.device,
+                    cache: dict[Any, dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The runtime checks' outcome for this model and configuration (``key``), run once per key.
+
+    A model that declares ``causal = False`` is not probed: it is recorded as failing causality.
+    The checks run on a copy, so the model itself (and the RNG) is left as it was.
+    """
+    if key not in cache:
+        if getattr(model, "causal", True) is False:
+            cache[key] = {"causality": {"passed": False, "detail": "the model declares itself non-causal "
+                                                                  "(causal = False): position t reads later tokens"}}
+        else:
+            probe = copy.deepcopy(model)
+            results = runtime_checks(probe, vocab_size, min(seq_len, 64), device)
+            cache[key] = {r.name: {"passed": r.passed, "detail": r.detail} for r in results}
+    return cache[key]
+
+
+def require_contract(record: dict[str, dict[str, Any]], model: str, use: str) -> None:
+    """Refuse ``use`` (e.g. "language modelling") for a model that failed a check it depends on."""
+    for name in ("causality", "shape", "eval_determinism"):
+        check = record.get(name)
+        if check is not None and not check["passed"]:
+            raise CellFailed(f"model {model!r} failed the {name} check, so it is refused for {use}: {check['detail']}")

@@ -22,8 +22,8 @@ from .errors import MkevalError, UsageError
 
 console = Console(stderr=True)
 out = Console()
-if not out.is_terminal:  # piped or captured output: do not squeeze tables into 80 columns
-    out = Console(width=200)
+if not out.is_terminal:  # piped or captured output: tables are laid out for 120 columns
+    out = Console(width=120)
 
 
 def _positive_int(option: str):
@@ -71,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size every other model to REF's non-embedding parameter count (within 3%%)")
     p.add_argument("--output-dir", default="results", help="where result files go (default: results)")
     p.add_argument("--data-dir", help="root folder of local dataset files (one folder per dataset)")
-    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid (text datasets)")
+    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid")
+    p.add_argument("--allow-test-contamination", action="store_true",
+                   help="accept a --split-map that trains or selects the checkpoint on the test split "
+                        "(refused otherwise; every result is then marked)")
     p.add_argument("--tokenizer", help="word (default), byte, bpe[:VOCAB], or a local Hugging Face tokenizer")
     p.add_argument("--eval-stride", type=_positive_int("--eval-stride"),
                    help="sliding-window evaluation stride in tokens (default: seq_len, non-overlapping)")
@@ -86,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="print a comparison table of a results directory; write report.md and .csv")
     p.add_argument("directory")
+    p.add_argument("--ignore-bad-files", action="store_true",
+                   help="exit 0 even when some result files cannot be read (they are still named)")
+    p.add_argument("--baseline", metavar="MODEL",
+                   help="the model listed first and compared with every other one (default: the first found)")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html (tables and plots on one self-contained page) and plots/*.png")
 
     p = sub.add_parser("check", help="run the model contract checks on a registered model")
     p.add_argument("model")
@@ -111,7 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int("--repeats"))
     p.add_argument("--device")
     p.add_argument("--output", help="JSON file for the results (default: bench_NAME.json)")
+    add_interop_parsers(sub)
     return parser
+
+
+def add_interop_parsers(sub: Any) -> None:
+    """``export`` and ``lm-eval``: checkpoints to other tools (docs/interop.md)."""
+    p = sub.add_parser("export", help="a checkpoint as a transformers model folder (--format hf), or a run's "
+                                      "downstream results in lm-eval's output format (--format lm-eval)")
+    p.add_argument("checkpoint", help="hf: a checkpoint directory (results/checkpoints/CELL); lm-eval: a run's "
+                                      "output directory")
+    p.add_argument("--format", default="hf", choices=["hf", "lm-eval"],
+                   help="hf: transformers (default); lm-eval: results.json and samples_<task>.jsonl per model and mode")
+    p.add_argument("--output", required=True, help="folder to create (must be new or empty)")
+
+    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness on a checkpoint: mkeval lm-eval DIR -- --tasks ...",
+                       description="Runs `lm-eval run --model mkeval --model_args pretrained=DIR` with the arguments "
+                                   "after `--` (e.g. --tasks, --include_path, --output_path, --limit).")
+    p.add_argument("checkpoint", help="checkpoint directory")
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval arguments, after --")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "check": cmd_check, "data": cmd_data,
-                "bench": cmd_bench}[args.command](args)
+                "bench": cmd_bench, "export": cmd_export, "lm-eval": cmd_lm_eval}[args.command](args)
     except (UsageError, MkevalError) as exc:
         console.print(f"[bold red]mkeval: error:[/] {escape(str(exc))}", highlight=False)
         return 2
@@ -182,7 +209,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
         model_size=args.model_size, match_params=args.match_params, split_map=args.split_map,
         tokenizer=args.tokenizer, eval_stride=args.eval_stride, include_path=args.include_path,
-        grad_checkpointing=args.grad_checkpointing or None, skip_bad_rows=args.skip_bad_rows or None, dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
+        grad_checkpointing=args.grad_checkpointing or None, skip_bad_rows=args.skip_bad_rows or None,
+        dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
+        allow_test_contamination=args.allow_test_contamination or None,
     )
     if args.dry_run:
         result = run(**kwargs)
@@ -266,55 +295,25 @@ class RunProgress:
 
 # ---------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report, write_report
+    from .report import build_report, print_report, write_report
 
-    report = build_report(args.directory)
-    if report.results or report.failed:
-        _print_lm_table(report, args)
-    d = report.downstream
-    if d is not None:
-        table = Table(title=f"downstream tasks in {args.directory}", title_justify="left", padding=(0, 1),
-                      pad_edge=False)
-        for h in d.headers():
-            table.add_column(escape(h), justify="left" if h in ("benchmark", "task", "metric") else "right")
-        for row in d.table():
-            table.add_row(*map(escape, row))
-        out.print(table)
-        if d.comparisons:
-            table = Table(title="paired comparison (bootstrap over the same examples)", title_justify="left",
-                          padding=(0, 1), pad_edge=False)
-            for h in d.COMPARISON_HEADERS:
-                table.add_column(escape(h), justify="left" if h in ("task", "mode", "pair") else "right")
-            for row in d.comparison_table():
-                table.add_row(*map(escape, row))
-            out.print(table)
-        for t, r in sorted(d.skipped.items()):
-            out.print(f"[yellow]skipped[/] {escape(t)}: {escape(r)}")
-        for u, t, e in d.failed:
-            out.print(f"[red]failed[/] {escape(t)} ({escape(u)}): {escape(e)}")
-        for n in d.notes:
-            out.print(escape(n))
-    md, csv_path = write_report(report, args.directory)
-    console.print(f"wrote {md} and {csv_path}")
+    report = build_report(args.directory, baseline=args.baseline)
+    print_report(report, out)
+    written = write_report(report, args.directory)
+    if args.html:  # imported only here: it loads matplotlib
+        from .html_report import write_html_report
+
+        written += write_html_report(report, args.directory)
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
+    for name, why in report.old_schema.items():
+        console.print(f"[yellow]warning:[/] {escape(name)} left out: {escape(why)}")
+    for name, why in report.unreadable.items():
+        console.print(f"[bold red]warning:[/] {escape(name)} cannot be read and is not in the report: {escape(why)}")
+    if report.unreadable and not args.ignore_bad_files:
+        console.print(f"{len(report.unreadable)} unreadable file(s); pass --ignore-bad-files to accept a report "
+                      "without them")
+        return 1
     return 0
-
-
-def _print_lm_table(report: Any, args: argparse.Namespace) -> None:
-    from .report import COLUMNS
-
-    table = Table(title=f"results in {args.directory} (params: non-embedding; gap: test ppl over the optimum)",
-                  title_justify="left", padding=(0, 1), pad_edge=False)
-    for c in COLUMNS:
-        table.add_column(c.header, justify="left" if c.header in ("model", "dataset", "prec") else "right",
-                         no_wrap=c.header in ("model", "dataset"))
-    for row in report.rows():
-        table.add_row(*row)
-    out.print(table)
-    for f in report.failed:
-        out.print(f"[red]failed[/] {escape(str(f.get('name', '?')))}: {escape(str(f.get('error')))}")
-    if len(report.protocol_hashes) > 1:
-        out.print(f"[yellow]warning:[/] these results come from {len(report.protocol_hashes)} different protocols "
-                  f"({', '.join(report.protocol_hashes)}); compare rows with the same protocol only")
 
 
 # ---------------------------------------------------------------------------- check
@@ -375,6 +374,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         figure = path.with_suffix(".png")
         result.plot(result, figure)
         console.print(f"wrote {figure}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- export, lm-eval
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    if args.format == "lm-eval":
+        from .lm_eval_export import export_run_lm_eval
+
+        written = export_run_lm_eval(args.checkpoint, args.output)
+        console.print(f"wrote {len(written)} lm-eval results file(s) under {args.output}")
+        return 0
+
+    path = export_checkpoint(args.checkpoint, args.output, format=args.format)
+    console.print(f"wrote {path}; load it with transformers.AutoModelForCausalLM.from_pretrained({str(path)!r}) "
+                  "and AutoTokenizer.from_pretrained (a bk model needs `import mkeval` first)")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    from .lm_eval_adapter import run_lm_eval
+
+    run_lm_eval(args.checkpoint, args.lm_eval_args)
     return 0
 
 

@@ -9,7 +9,7 @@ from .errors import UsageError
 from .protocol import Protocol
 from .registry import Registry, get_registry
 from .specs import DataRequest
-from .text import canonical_split, parse_split_map
+from .text import apply_split_map, canonical_split, parse_split_map
 
 
 def split_statistics(dataset: str, split: str | None = None, data_dir: str | Path | None = None,
@@ -25,9 +25,11 @@ def split_statistics(dataset: str, split: str | None = None, data_dir: str | Pat
     for name in wanted:
         if name not in ("train", "valid", "test"):
             raise UsageError(f"--split: unknown split {split!r}; splits are train, valid (validation), test")
+    mapping = parse_split_map(split_map, allow_test=True)  # statistics only: nothing is trained or selected
     request = DataRequest(seq_len=seq_len, train_tokens=Protocol().train_tokens, data_dir=path, tokenizer=tokenizer,
-                          split_map=parse_split_map(split_map))
+                          split_map=mapping)
     data = spec.load(request)
+    data = data if spec.maps_splits else apply_split_map(data, mapping)
     out: dict[str, Any] = {"dataset": dataset, "tokenizer": data.info.get("tokenizer", "(synthetic ids)"),
                            "vocab_size": data.vocab_size, "splits": {}}
     for name in wanted:

@@ -21,16 +21,17 @@ from typing import Any, Callable
 import torch
 
 from .errors import CellFailed
+from .checks import contract_record, require_contract
 from .finetune import finetune, make_kind, predict
 from .loglikelihood import context_for, score_prompt
 from .metrics import MetricContext, benchmark_average, compute_metrics, task_score
 from .models import build_model, count_parameters
 from .protocol import Protocol, stable_hash
 from .registry import Registry
-from .results import write_json, write_text
+from .results import json_safe, read_json_file, write_json, write_text
 from .sizing import match_params
 from .taskdata import TaskData
-from .taskspec import TaskConfig, canon, render
+from .taskspec import TaskConfig, canon, render, template_fields
 from .tokenizers import Tokenizer, fit_state, make_tokenizer, needs_training
 from .training import load_checkpoint
 
@@ -63,6 +64,7 @@ class Unit:
     reference_size: str | None = None
     reference_options: dict[str, Any] = field(default_factory=dict)
     pretrained: Pretrained | None = None
+    unmatched: str | None = None  # why the model keeps its own size in a size-matched run
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.model, "precision": self.precision, "seed": self.seed, "size": self.size,
@@ -91,7 +93,7 @@ def config_hash(config: TaskConfig) -> str:
 
 
 def task_hash(unit: Unit, task: TaskInput, protocol: Protocol, options: RunOptions) -> str:
-    return stable_hash({"protocol": protocol.replace(seeds=(unit.seed,)).to_dict(), "unit": unit.identity(),
+    return stable_hash({"protocol": protocol.replace(seeds=(unit.seed,)).identity(), "unit": unit.identity(),
                         "task": config_hash(task.config), "data": task.data.fingerprint if task.data else None,
                         "options": dataclasses.asdict(options)})
 
@@ -115,17 +117,21 @@ def scratch_tokenizer(spec: str, config: TaskConfig, data: TaskData) -> tuple[To
             docs.append(context_for(config, row, []) + config.prompt.target_delimiter
                         + render(config.prompt.choices[row["_label"]], row, where))
             docs.extend(render(c, row, where) for c in config.prompt.choices)
+    if config.prompt is not None:  # fixed options ("yes", "A") belong to the task, not to any example's label
+        docs.extend(c for c in config.prompt.choices if not template_fields(c))
     used = {"train": "the task's train split", "fewshot": "the task's few-shot split",
             "eval": "the eval split's inputs (no labels): the task has no train or few-shot split"}[role]
     return make_tokenizer(spec, fit_state(spec, docs)), used
 
 
 def _write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    """JSON lines; a non-finite prediction (a diverged regression head) is written as null, so every line
+    stays standard JSON."""
+    write_text(path, "".join(json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records))
 
 
 def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry, folder: Path,
-             device: torch.device, options: RunOptions) -> dict[str, Any]:
+             device: torch.device, options: RunOptions, checks: dict[Any, Any] | None = None) -> dict[str, Any]:
     config, data = task.config, task.data
     precision = registry.get("precision", unit.precision)
     if unit.pretrained is not None:
@@ -137,15 +143,17 @@ def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry
         vocab, max_len, build_len, model_options = tok.vocab_size, protocol.ft_max_len, protocol.ft_max_len, dict(unit.options)
         if unit.match is not None:
             sized = match_params(unit.model, unit.match, vocab, build_len, unit.size, unit.reference_size, registry,
-                                 reference_options=unit.reference_options)
+                                 reference_options=unit.reference_options, options=unit.options)
             model_options.update(sized.options)
 
     def fresh() -> torch.nn.Module:
         model = build_model(unit.model, vocab, build_len, size=unit.size, seed=unit.seed, registry=registry,
                             **model_options).to(device)
-        if getattr(model, "causal", True) is False:  # heads read the last position of right-padded inputs
-            raise CellFailed(f"model {unit.model!r} is built non-causal (option causal=False); task heads and "
-                             "prompt scoring need a causal model, so drop that option")
+        # heads read the last position of right-padded inputs, and prompt scores must not see the answer
+        key = (unit.model, unit.size, stable_hash(model_options), vocab)
+        contract = contract_record(model, key, vocab, build_len, device, {} if checks is None else checks)
+        result["contract_checks"] = contract
+        require_contract(contract, unit.model, "task heads and prompt scoring")
         if unit.pretrained is not None:
             load_checkpoint(model, unit.pretrained.checkpoint, device)
         return model
@@ -156,6 +164,7 @@ def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry
         "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
                       "fitted_on": tok_source},
         "max_len": max_len, "model_options": model_options,
+        "size_matching": {"matched": unit.unmatched is None, "reference": unit.match, "reason": unit.unmatched},
     }
     if config.finetune:
         if "train" not in data.rows:
@@ -194,6 +203,10 @@ def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry
                 continue
             records, notes = score_prompt(model, config, tok, data.rows["eval"], shots_pool[:k], max_len,
                                           protocol.ft_batch_size * len(config.prompt.choices), precision, device)
+            if records is None:  # the tokenizer cannot tell the options apart: no number, the reason
+                modes[name] = {"status": "degenerate", "reason": notes["degenerate"],
+                               "examples": len(data.rows["eval"]), **notes}
+                continue
             path = folder / f"{config.name}.{k}shot.predictions.jsonl"
             _write_predictions(path, records)
             modes[name] = {"status": "ok", "metrics": compute_metrics(config.metrics, records, context),
@@ -204,7 +217,8 @@ def run_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry
 
 
 def evaluate_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Registry, out: Path,
-                  device: torch.device, options: RunOptions, run_info: dict[str, Any]) -> dict[str, Any]:
+                  device: torch.device, options: RunOptions, run_info: dict[str, Any],
+                  checks: dict[Any, Any] | None = None) -> dict[str, Any]:
     """Run one task for one unit, write its result; a failure is recorded, never raised."""
     config = task.config
     folder = out / "downstream" / unit.name
@@ -224,7 +238,8 @@ def evaluate_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Reg
     else:
         base["data"] = task.data.info()
         try:
-            result = {**base, "status": "ok", **run_task(unit, task, protocol, registry, folder, device, options)}
+            result = {**base, "status": "ok", **run_task(unit, task, protocol, registry, folder, device, options,
+                                                                checks)}
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # one task failing must not stop the others
@@ -234,8 +249,12 @@ def evaluate_task(unit: Unit, task: TaskInput, protocol: Protocol, registry: Reg
             log.error("task %s of %s failed: %s", config.name, unit.name, message)
             result = {**base, "status": "failed", "error": message, "traceback_file": str(tb.relative_to(out))}
         if result["status"] == "ok" and not _any_ok(result):
-            reasons = [m.get("reason") for m in [result.get("finetune", {}), *result.get("prompt", {}).values()] if m]
-            result = {**base, "status": "skipped", "reason": "; ".join(r for r in reasons if r)}
+            modes = [result.get("finetune", {}), *result.get("prompt", {}).values()]
+            reasons = "; ".join(m["reason"] for m in modes if m and m.get("reason"))
+            if any(m.get("status") == "degenerate" for m in modes):  # kept whole: it says what was degenerate
+                result = {**result, "status": "degenerate", "reason": reasons}
+            else:
+                result = {**base, "status": "skipped", "reason": reasons}
     result["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     write_json(folder / f"{config.name}.json", result)
     return result
@@ -249,9 +268,11 @@ def _any_ok(result: dict[str, Any]) -> bool:
 def finished_task(out: Path, unit: Unit, task: TaskInput, protocol: Protocol, options: RunOptions) -> dict | None:
     """A finished result of the same task hash (``--resume``), else None."""
     path = out / "downstream" / unit.name / f"{task.config.name}.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    if not path.exists():
+        return None
+    data, why = read_json_file(path)
+    if why is not None:
+        log.warning("%s is unreadable (%s); task %s of %s is run again", path, why, task.config.name, unit.name)
         return None
     ok = data.get("status") == "ok" and data.get("task_hash") == task_hash(unit, task, protocol, options)
     return data if ok else None
@@ -259,14 +280,15 @@ def finished_task(out: Path, unit: Unit, task: TaskInput, protocol: Protocol, op
 
 def run_unit(unit: Unit, tasks: list[TaskInput], protocol: Protocol, registry: Registry, out: Path,
              device: torch.device, options: RunOptions, run_info: dict[str, Any], resume: bool,
-             progress: Callable[..., None] | None = None) -> tuple[Path, dict[str, Any]]:
+             progress: Callable[..., None] | None = None,
+             checks: dict[Any, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     results = {}
     for task in tasks:
         done = finished_task(out, unit, task, protocol, options) if resume else None
         if progress:
             progress("task_start", unit=unit.name, task=task.config.name)
         results[task.config.name] = done or evaluate_task(unit, task, protocol, registry, out, device, options,
-                                                          run_info)
+                                                          run_info, checks)
         if progress:
             progress("task_end", unit=unit.name, task=task.config.name, status=results[task.config.name]["status"]
                      + (" (resumed)" if done else ""))
@@ -349,6 +371,10 @@ def downstream_summary(unit: Unit, results: dict[str, dict[str, Any]], configs: 
     if other:
         summary["other"] = other
     summary["skipped"] = {n: r["reason"] for n, r in results.items() if r["status"] == "skipped"}
+    summary["degenerate"] = {n: {mode: m["reason"] for mode, m in r.get("prompt", {}).items()
+                                 if m.get("status") == "degenerate"}
+                             for n, r in results.items() if any(m.get("status") == "degenerate"
+                                                                for m in r.get("prompt", {}).values())}
     summary["failed"] = {n: r["error"] for n, r in results.items() if r["status"] == "failed"}
     summary["task_results"] = {n: f"downstream/{unit.name}/{n}.json" for n in results}
     return summary

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import importlib.metadata
+import json
 import logging
+import math
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -17,16 +18,21 @@ import torch
 
 from . import __version__
 from .batching import limit_windows, make_windows
-from .errors import CellFailed
+from .checkpoint import write_checkpoint
+from .checks import contract_record, require_contract
+from .errors import CellFailed, PluginError
 from .evaluation import evaluate_lm
-from .measure import PeakMemory, count_step_flops, describe_device
-from .models import build_model, count_parameters, model_size_mb
+from .measure import CORE_FLOP_FORMULAS, PeakMemory, count_step_flops, describe_device
+from .models import build_model, count_parameters, model_size_mb, recurrent_state, stored_bytes
+from .perplexity import split_text_metrics
+from .probes import effective_context
 from .protocol import Protocol, stable_hash
 from .registry import Registry
 from .results import CellResult
 from .sizing import match_params
 from .specs import LMData
-from .training import Progress, lm_loss, load_checkpoint, train
+from .text import reads_test
+from .training import STATE_FILE, WEIGHTS_FILE, Progress, lm_loss, load_checkpoint, read_state, train
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,8 @@ class CellPlan:
     evaluates: str | None = None  # a precision sweep: the cell whose checkpoint this one evaluates
     evaluates_hash: str | None = None  # ... and that cell's hash (a retrained checkpoint is a new number)
     quantizer: str | None = None  # a post-training precision: its method and library version
+    role: str = "trained"  # "trained" | "post-training" | "evaluation-only" (not in the hash: the fields above say it)
+    unmatched: str | None = None  # why the model keeps its own size in a size-matched run (not in the hash)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -80,7 +88,7 @@ def cell_protocol(protocol: Protocol, cell: Cell) -> Protocol:
 
 def plan_hash(protocol: Protocol, cell: Cell, identity: dict[str, Any]) -> str:
     """Identity of a cell's result: same hash, same number (used by ``--resume``)."""
-    return stable_hash({"protocol": cell_protocol(protocol, cell).to_dict(), **identity})
+    return stable_hash({"protocol": cell_protocol(protocol, cell).identity(), **identity})
 
 
 def cell_windows(data: LMData, cell: Cell, protocol: Protocol, roles: tuple[str, ...]) -> dict[str, Any]:
@@ -112,8 +120,14 @@ def run_cell(
     device: torch.device,
     run_info: dict[str, Any],
     progress: Progress | None = None,
+    checks: dict[Any, Any] | None = None,
+    resume: bool = False,
 ) -> CellResult:
-    """Train and evaluate one cell; raises ``CellFailed`` (or any error) when it cannot finish."""
+    """Train and evaluate one cell; raises ``CellFailed`` (or any error) when it cannot finish.
+
+    ``checks`` caches the runtime contract checks per model configuration (run before the first
+    cell of each); with ``resume``, a training state the cell saved before a stop is continued.
+    """
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
     where = f"dataset {cell.dataset!r}"
@@ -128,10 +142,14 @@ def run_cell(
     match = None
     if plan.match_params is not None:
         match = match_params(cell.model, plan.match_params, data.vocab_size, cell.seq_len, plan.model_size,
-                             plan.reference_size, registry, reference_options=plan.reference_options)
+                             plan.reference_size, registry, reference_options=plan.reference_options,
+                             options=plan.model_options)
         options.update(match.options)
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
                         registry=registry, **options).to(device)
+    key = (cell.model, plan.model_size, stable_hash(options), data.vocab_size)
+    contract = contract_record(model, key, data.vocab_size, cell.seq_len, device, {} if checks is None else checks)
+    require_contract(contract, cell.model, "language modelling")
     counts = count_parameters(model)
     size_mb = model_size_mb(model)
     probe = splits["train"].take(torch.arange(protocol.batch_size))
@@ -140,11 +158,21 @@ def run_cell(
         lambda logits: lm_loss(logits, probe.targets.to(device), probe.mask.to(device)),
         registry.flop_formulas,
     )
+    sizing = size_matching(plan, match)
     torch.manual_seed(cell.seed)  # the FLOP probe must not change what training sees
-    checkpoint = output_dir / "checkpoints" / f"{plan.name}.safetensors"
+    checkpoint_dir = output_dir / "checkpoints" / plan.name
+    checkpoint = checkpoint_dir / WEIGHTS_FILE
+    state_path = checkpoint_dir / STATE_FILE
+    saved = read_state(state_path, plan.cell_hash) if resume else None
+    write_checkpoint(checkpoint_dir, model, name=cell.model, vocab_size=data.vocab_size, max_seq_len=cell.seq_len,
+                     size=plan.model_size, options=options, tokenizer=data.tokenizer, registry=registry,
+                     weights=False, identity={"name": plan.name, "cell_hash": plan.cell_hash,
+                                              "protocol_hash": protocol.hash, "dataset": cell.dataset,
+                                              "seq_len": cell.seq_len, "seed": cell.seed, "precision": precision.name,
+                                              "model": cell.model, "model_size": plan.model_size})
     with PeakMemory(device) as memory:
         outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
-                        checkpoint, progress)
+                        checkpoint, progress, state_path=state_path, resume_from=saved, identity=plan.cell_hash)
     final_eval = outcome.val_evals[-1]
     best_eval = outcome.best_eval
     load_checkpoint(model, checkpoint, device)
@@ -152,8 +180,8 @@ def run_cell(
     gap = None
     if data.optimal_perplexity is not None:
         gap = test_eval.perplexity / data.optimal_perplexity - 1
-    word_ppl, bpb = text_metrics(test_eval.nll, test.scored_tokens, splits["test"].scored_tokens,
-                                 data.splits["test"].info)
+    word_ppl, bpb = text_metrics(model, data, test, splits["test"], cell.seq_len, protocol, precision, device)
+    context = effective_context(model, test, precision, device, seed=cell.seed)
 
     model_entry = registry.entry("model", cell.model)
     config = {
@@ -182,12 +210,14 @@ def run_cell(
             "scored_tokens": {"valid": val.scored_tokens, "test": test.scored_tokens},
             "splits": {name: s.info for name, s in data.splits.items()},
         },
-        "precision": {**precision_record(precision),
+        "precision": {**precision_record(precision), "role": "trained", "trained_at": precision.name,
                       "loss_scaling": precision.grad_scaling and device.type == "cuda"},
         "limit": plan.limit,
+        "training": {"resumed_at_steps": outcome.resumed_at,
+                     "checkpoint_interval": protocol.checkpoint_interval},
         "measurement": {
-            "flops": "torch.utils.flop_counter.FlopCounterMode, one batch of batch_size x seq_len",
-            "custom_flop_formulas": sorted(str(op) for op in registry.flop_formulas),
+            "flops": "torch.utils.flop_counter.FlopCounterMode, one batch of batch_size x seq_len (docs/flops.md)",
+            "custom_flop_formulas": sorted(str(op) for op in {**CORE_FLOP_FORMULAS, **registry.flop_formulas}),
             "memory_method": memory.method,
             "tokens_per_second": "training tokens / seconds spent in optimiser steps",
         },
@@ -228,15 +258,31 @@ def run_cell(
         skipped_batches=outcome.skipped_nonfinite,
         total_params=counts.total,
         non_embedding_params=counts.non_embedding,
+        active_params_per_token=counts.active_per_token,
+        state_size=recurrent_state(model),
+        size_matching=sizing,
         protocol_hash=protocol.hash,
         cell_hash=plan.cell_hash,
-        checkpoint=str(checkpoint.relative_to(output_dir)),
+        checkpoint=str(checkpoint_dir.relative_to(output_dir)),
         versions=versions(registry, cell),
         device=describe_device(device),
         git_revision=run_info.get("git_revision"),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         trained_precision=precision.name,
+        contract_checks=contract,
+        effective_context=context,
+        marks=cell_marks(data, plan.split_map, sizing, flops),
+        vocabulary=vocabulary(data),
+        flop_coverage={"complete": not flops.uncounted, "uncounted_ops": flops.uncounted,
+                       "counted_by_op": flops.counted,
+                       "elementwise_elements_forward": flops.elementwise_elements_forward,
+                       "elementwise_elements_backward": flops.elementwise_elements_backward},
     )
+
+
+def finish_cell(output_dir: Path, result: CellResult) -> None:
+    """After the result is written: the training state is no longer needed."""
+    (output_dir / result.checkpoint / STATE_FILE).unlink(missing_ok=True)
 
 
 def evaluate_cell(
@@ -261,17 +307,17 @@ def evaluate_cell(
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
                         registry=registry, **options).to(device)
     load_checkpoint(model, output_dir / base.checkpoint, device)
-    quantization = precision.quantize(model) if precision.quantize is not None else None
+    quantization = quantize(registry, cell.precision, model) if precision.quantize is not None else None
     with PeakMemory(device) as memory:
         val_eval = evaluate_lm(model, val, protocol.batch_size, precision, device)
         test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device)
-    word_ppl, bpb = text_metrics(test_eval.nll, test.scored_tokens, windows["test"].scored_tokens,
-                                 data.splits["test"].info)
+    word_ppl, bpb = text_metrics(model, data, test, windows["test"], cell.seq_len, protocol, precision, device)
     size_mb = quantization["bytes_after"] / 2**20 if quantization else model_size_mb(model)
     config = {
         **base.config,
         "cell": cell.__dict__,
-        "precision": {**precision_record(precision), "evaluation_only": True, "trained_at": base.precision},
+        "precision": {**precision_record(precision), "role": plan.role, "trained_at": base.precision,
+                      "evaluation_only": True},
         "limit": plan.limit,
         "run": run_info,
     }
@@ -298,20 +344,99 @@ def evaluate_cell(
         git_revision=run_info.get("git_revision"),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         trained_precision=base.precision,
+        precision_role=plan.role,
         evaluated_checkpoint_of=plan.evaluates,
         perplexity_delta=delta,
         relative_perplexity_delta=delta / base.test_perplexity,
         quantization=quantization,
+        contract_checks=base.contract_checks,
+        effective_context=None,  # probed on the trained checkpoint only (its training cell's result)
     )
 
 
-def text_metrics(nll: float, scored: int, split_targets: int, info: dict[str, Any]) -> tuple[float | None, float | None]:
-    """Word perplexity and bits per byte as lm-evaluation-harness defines them: total NLL over the
-    words or bytes of the original text. Only when the whole split was scored (else None)."""
-    words, nbytes = info.get("words"), info.get("bytes")
-    if not words or not nbytes or scored != split_targets:
+MARKS = {
+    "valid_is_train_text": "validation read the same text as training: the best checkpoint and the validation "
+                           "perplexity were selected on training text",
+    "test_contamination": "the test split was read for training or checkpoint selection "
+                          "(--allow-test-contamination): the test perplexity is not held out",
+    "size_not_matched": "parameters not matched to the run's reference model",
+    "flops_incomplete": "ops with arithmetic and no FLOP formula ran (counted as 0)",
+}
+"""What a result can be marked with; reports show each mark where its number is (docs/results.md)."""
+
+
+def cell_marks(data: LMData, split_map: dict[str, str], sizing: dict[str, Any], flops: Any) -> dict[str, str]:
+    """The marks of a cell (``MARKS``), each with the detail that earned it."""
+    marks = {}
+    same = data.info.get("same_text") or []
+    if "train" in same and "valid" in same:
+        marks["valid_is_train_text"] = MARKS["valid_is_train_text"]
+    contaminated = reads_test(split_map)
+    if contaminated:
+        marks["test_contamination"] = f"{MARKS['test_contamination']}: {', '.join(r + '=test' for r in contaminated)}"
+    if sizing.get("reason"):
+        marks["size_not_matched"] = sizing["reason"]
+    if flops.uncounted:
+        marks["flops_incomplete"] = f"{MARKS['flops_incomplete']}: {', '.join(sorted(flops.uncounted))}"
+    return marks
+
+
+def vocabulary(data: LMData) -> dict[str, Any] | None:
+    """Which split the tokenizer was fitted on, and how much of the test split it cannot represent."""
+    if data.tokenizer is None:
+        return None
+    test = data.splits["test"].info
+    tokens, unk = test.get("tokens"), test.get("unk_tokens")
+    return {"tokenizer": data.tokenizer.name, "fitted_on": data.info.get("vocabulary_fitted_on"),
+            "test_unk_tokens": unk, "test_unk_rate": unk / tokens if tokens and unk is not None else None}
+
+
+def size_matching(plan: CellPlan, match: Any) -> dict[str, Any]:
+    """How the cell's model was sized: matched to a reference's non-embedding count, or not and why."""
+    if match is not None:
+        return {"matched": True, "reference": match.reference, "reference_non_embedding_params": match.target,
+                "relative_difference": match.relative_difference}
+    return {"matched": plan.unmatched is None, "reference": None, "reason": plan.unmatched}
+
+
+def quantize(registry: Registry, name: str, model: torch.nn.Module) -> dict[str, Any]:
+    """Apply post-training precision ``name`` to ``model`` and check what its plugin returned.
+
+    ``quantize(model)`` must return a dict (recorded as the result's ``quantization``); its
+    optional ``bytes_after`` (bytes of the weights as stored) must be a non-negative integer and
+    is measured here when the plugin does not give it.
+    """
+    entry = registry.entry("precision", name)
+    where = f"precision {name!r} (plugin {entry.plugin!r}, {entry.distribution})"
+    returned = entry.spec.quantize(model)
+    if not isinstance(returned, dict):
+        raise PluginError(f"{where}: quantize(model) returned {type(returned).__name__}; it must return a dict "
+                          "describing what it did (see docs/plugins.md)")
+    out = dict(returned)
+    if "bytes_after" in out:
+        value = out["bytes_after"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise PluginError(f"{where}: quantize(model) returned bytes_after={value!r}; it must be the weights' "
+                              "size in bytes, an integer >= 0 (or leave it out and mkeval measures it)")
+    else:
+        out["bytes_after"] = stored_bytes(model)
+        out["bytes_after_measured_by"] = "mkeval"
+    try:
+        json.dumps(out, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"{where}: quantize(model) returned a dict that is not JSON data ({exc})") from None
+    return out
+
+
+def text_metrics(model: torch.nn.Module, data: LMData, scored: Any, whole: Any, seq_len: int, protocol: Protocol,
+                 precision: Any, device: torch.device) -> tuple[float | None, float | None]:
+    r"""Word perplexity and bits per byte exactly as lm-evaluation-harness defines them (docs/interop.md):
+    every document of the test split scored on its own, ``<eos>`` never a target, words counted by
+    ``re.split(r"\s+")``. Only when the whole test split of a text dataset is scored (else None)."""
+    if data.tokenizer is None or scored.scored_tokens != whole.scored_tokens:
         return None, None
-    return (math.exp(nll / words) if nll / words < 700 else math.inf), nll / (nbytes * math.log(2))
+    return split_text_metrics(model, data.splits["test"], data.tokenizer.eos_id, seq_len, protocol.batch_size,
+                              precision, device)
 
 
 def versions(registry: Registry, cell: Cell) -> dict[str, str]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CellFailed
-from .precision import autocast
+from .precision import autocast, grad_scaler
 from .protocol import Protocol
 from .specs import PrecisionSpec
 from .taskspec import TaskConfig, canon, lookup, render
@@ -287,6 +287,7 @@ def finetune(model: nn.Module, kind: Kind, train: list[Encoded], protocol: Proto
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
     generator = torch.Generator().manual_seed(seed)
+    scaler = grad_scaler(precision, device)  # fp16 on CUDA: dynamic loss scaling, as in pre-training
     model.train()
     head.train()
     losses, skipped, bad_run, start = [], 0, 0, time.perf_counter()
@@ -307,10 +308,12 @@ def finetune(model: nn.Module, kind: Kind, train: list[Encoded], protocol: Proto
                 sched.step()
                 continue
             bad_run = 0
-            loss.backward()
+            scaler.scale(loss).backward()
             if protocol.grad_clip:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], protocol.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             total_loss, counted = total_loss + loss.item(), counted + 1
         losses.append(total_loss / counted if counted else math.nan)

@@ -46,18 +46,57 @@ def build_model(
     return model
 
 
+def check_model_options(name: str, size: str | None, options: dict[str, Any], where: str,
+                        registry: Registry | None = None) -> None:
+    """Bad input if ``options`` are not build options of model ``name`` (before any work is done).
+
+    Names are checked against the plugin's declared ``options``; values by building the model on
+    the meta device (no memory), so a plugin's own validation speaks. ``where`` says where the
+    options came from (e.g. ``run.yaml:7``).
+    """
+    import difflib
+
+    spec = (registry or get_registry()).get("model", name)
+    if not isinstance(options, dict):
+        raise UsageError(f"{where}: the options of model {name!r} must be a mapping, got {options!r}")
+    if spec.options is not None:
+        for key in options:
+            if key not in spec.options:
+                close = difflib.get_close_matches(str(key), spec.options, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise UsageError(f"{where}: model {name!r} has no option {key!r}{hint} Its options: "
+                                 f"{', '.join(spec.options) or 'none'}")
+    try:
+        with torch.device("meta"):
+            build_model(name, 8, 16, size=size, registry=registry, **options)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    except TypeError as exc:  # build(**options) with a keyword it does not take
+        if "argument" in str(exc):
+            raise UsageError(f"{where}: model {name!r} does not accept these options ({exc})") from None
+    except Exception:  # noqa: BLE001 - a build that needs real memory: the cell itself will say
+        pass
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     total: int
     embedding: int
+    active: int | None = None  # non-embedding parameters that act on one token (None: all of them)
 
     @property
     def non_embedding(self) -> int:
         return self.total - self.embedding
 
+    @property
+    def active_per_token(self) -> int:
+        return self.non_embedding if self.active is None else self.active
+
 
 def count_parameters(model: nn.Module) -> ParamCounts:
-    """Unique parameters, and those in ``nn.Embedding`` modules (token and position tables).
+    """Unique parameters, those in ``nn.Embedding`` modules (token and position tables), and the
+    non-embedding ones that act on one token (``model.active_parameters()`` when the model has
+    it, e.g. a mixture of experts; else every non-embedding parameter).
 
     Tied weights are counted once; an output head tied to the embedding counts as embedding.
     """
@@ -73,7 +112,19 @@ def count_parameters(model: nn.Module) -> ParamCounts:
         if isinstance(module, nn.Embedding) and id(module.weight) not in emb_seen:
             emb_seen.add(id(module.weight))
             embedding += module.weight.numel()
-    return ParamCounts(total=total, embedding=embedding)
+    active = int(model.active_parameters()) if callable(getattr(model, "active_parameters", None)) else None
+    return ParamCounts(total=total, embedding=embedding, active=active)
+
+
+def recurrent_state(model: nn.Module) -> dict[str, int] | None:
+    """The state the model carries from token to token at inference, in numbers (floats) per
+    sequence: ``fixed`` (a recurrent state) and ``per_token`` (a cache growing with the context,
+    e.g. attention's keys and values); None when the model does not say (``recurrent_state()``)."""
+    method = getattr(model, "recurrent_state", None)
+    if not callable(method):
+        return None
+    state = dict(method())
+    return {"fixed": int(state.get("fixed", 0)), "per_token": int(state.get("per_token", 0))}
 
 
 def model_size_mb(model: nn.Module) -> float:
@@ -87,3 +138,17 @@ def model_size_mb(model: nn.Module) -> float:
         seen.add(key)
         nbytes += t.untyped_storage().nbytes()
     return nbytes / 2**20
+
+
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer as stored, counting a tensor subclass's inner tensors
+    (a quantized weight is its int8/int4 values plus scales, not the float tensor it stands for)."""
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        inner = t.__tensor_flatten__()[0] if hasattr(t, "__tensor_flatten__") else None
+        if inner:
+            total += sum(getattr(t, a).numel() * getattr(t, a).element_size() for a in inner
+                         if isinstance(getattr(t, a), torch.Tensor))
+        else:
+            total += t.numel() * t.element_size()
+    return total

@@ -48,6 +48,7 @@ class Protocol:
     grad_checkpointing: bool = False  # recompute activations in backward (long contexts; the model must support it)
     # robustness
     max_nonfinite: int = 5  # consecutive non-finite losses that fail a cell
+    checkpoint_interval: int = 200  # optimiser steps between saved training states (--resume continues there); 0: never
     # downstream fine-tuning: one recipe for every model and task (AdamW, linear warmup then linear decay to 0)
     ft_lr: float = 3e-4  # peak learning rate
     ft_epochs: int = 3  # passes over the task's train split
@@ -91,6 +92,8 @@ class Protocol:
              "seeds must be integers >= 0")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "must be an integer >= 0")
         need(_pos_int(self.max_nonfinite), "max_nonfinite", "must be a positive integer")
+        need(isinstance(self.checkpoint_interval, int) and not isinstance(self.checkpoint_interval, bool)
+             and self.checkpoint_interval >= 0, "checkpoint_interval", "must be an integer >= 0")
         need(isinstance(self.grad_checkpointing, bool), "grad_checkpointing", "must be true or false")
         need(_finite_pos(self.ft_lr), "ft_lr", "must be a positive number")
         for name in ("ft_epochs", "ft_batch_size", "ft_doc_stride", "ft_max_answer_len"):
@@ -125,9 +128,13 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
 
+    def identity(self) -> dict[str, Any]:
+        """What the numbers depend on: ``to_dict`` without the fields that cannot change a number."""
+        return {k: v for k, v in self.to_dict().items() if k not in NUMBER_NEUTRAL}
+
     @property
     def hash(self) -> str:
-        return stable_hash(self.to_dict())
+        return stable_hash(self.identity())
 
     def replace(self, **changes: Any) -> "Protocol":
         return dataclasses.replace(self, **changes)
@@ -142,8 +149,12 @@ class Protocol:
         return cls(**values)
 
 
+NUMBER_NEUTRAL = frozenset({"checkpoint_interval"})
+"""Protocol fields that change how a run proceeds but never a number: not part of any hash."""
+
 RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map",
-            "model_options", "dataset_options", "include_path", "skip_bad_rows", "dev_holdout")
+            "model_options", "dataset_options", "include_path", "skip_bad_rows", "dev_holdout",
+            "allow_test_contamination")
 """Keys a config file may hold besides protocol fields (what to run, not how)."""
 
 
@@ -177,6 +188,22 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return protocol_values, run_values
 
 
+def config_positions(path: str | Path) -> dict[str, str]:
+    """``file:line`` of every key of a config file, nested keys dotted (``model_options.bk.d_model``)."""
+    path = Path(path)
+    _, root = read_yaml(path, "--config")
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = f"{prefix}{key.value}"
+                out[name] = f"{path}:{key.start_mark.line + 1}"
+                walk(value, name + ".")
+    walk(root, "")
+    return out
+
+
 def read_yaml(path: Path, label: str) -> tuple[Any, Any]:
     """``(data, node tree)`` of a YAML file, safe loader only; errors name the file and line."""
     try:
@@ -202,7 +229,7 @@ def _check_run_key(key: str, value: Any, where: str) -> Any:
     elif key == "split_map":
         if not isinstance(value, (str, dict)):
             raise UsageError(f"{where}: split_map must be ROLE=SPLIT text or a mapping, got {value!r}")
-    elif key in ("skip_bad_rows", "dev_holdout"):
+    elif key in ("skip_bad_rows", "dev_holdout", "allow_test_contamination"):
         if not isinstance(value, bool):
             raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
     elif key == "include_path":

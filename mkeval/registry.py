@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import logging
+import re
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,10 +67,11 @@ class Registry:
         """Register one spec; its kind follows from its type."""
         kind = _kind_of(spec)
         name = spec.name
-        if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        if not valid_name(name):
             raise PluginError(
                 f"plugin {plugin!r} ({distribution}) registered a {kind} with an invalid name {name!r}: "
-                "names must be non-empty and contain no commas or surrounding spaces"
+                "names must be non-empty, start with a letter or digit, and hold no commas, spaces, path "
+                "separators or other control characters (they become file names)"
             )
         entry = Entry(kind, spec, plugin, distribution)
         key = (kind, name)
@@ -134,6 +136,11 @@ class Registry:
     def entry(self, kind: str, name: str) -> Entry:
         self.get(kind, name)
         return self.entries[kind][name]
+
+
+def valid_name(name: Any) -> bool:
+    """A name that is safe as a CLI list item and as a file name: no way to climb out of the output dir."""
+    return isinstance(name, str) and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+:@-]*", name)) and ".." not in name
 
 
 def unknown_name_message(kind: str, name: str, known: list[str], option: str | None = None) -> str:

@@ -11,15 +11,17 @@ import json
 import logging
 import math
 import os
-import statistics
+import re
+import socket
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -73,15 +75,24 @@ class CellResult:
     created: str  # ISO 8601 UTC
     # precision sweeps: every precision after the first evaluates the first one's checkpoint
     trained_precision: str | None = None  # the precision the evaluated checkpoint was trained at
+    precision_role: str = "trained"  # trained | post-training (quantized checkpoint) | evaluation-only (--evaluate-at)
+    active_params_per_token: int | None = None  # non-embedding parameters acting on one token (MoE: routed experts)
+    state_size: dict[str, int] | None = None  # floats carried between tokens: fixed (recurrent) and per_token (cache)
+    size_matching: dict[str, Any] | None = None  # matched to a reference's non-embedding parameters, or why not
     evaluated_checkpoint_of: str | None = None  # that training cell's name; None: this cell trained
     perplexity_delta: float | None = None  # test_perplexity minus the training cell's (same checkpoint)
     relative_perplexity_delta: float | None = None  # perplexity_delta / the training cell's test_perplexity
     quantization: dict[str, Any] | None = None  # what a post-training precision quantized, how, bytes
+    contract_checks: dict[str, Any] | None = None  # runtime contract checks of the model: name -> passed, detail
+    flop_coverage: dict[str, Any] | None = None  # what the FLOP counts left out (docs/flops.md)
+    marks: dict[str, str] = field(default_factory=dict)  # what a reader must know about these numbers
+    vocabulary: dict[str, Any] | None = None  # tokenizer, the split it was fitted on, the test <unk> rate
+    effective_context: dict[str, Any] | None = None  # the perturbation probe of the best checkpoint (mkeval.probes)
     status: str = "ok"
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "CellResult":
@@ -89,7 +100,7 @@ class CellResult:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-REQUIRED_FIELDS = tuple(f.name for f in fields(CellResult))
+REQUIRED_FIELDS = tuple(f.name for f in fields(CellResult) if f.default is MISSING and f.default_factory is MISSING)
 
 
 @dataclass
@@ -103,17 +114,33 @@ class CellStatus:
     error: str | None = None
     traceback_file: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # e.g. that an unreadable result file made the cell run again
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temp file in the same directory, fsync, then rename over ``path``."""
+TEMP_MARK = ".mkeval-"  # every temp file mkeval writes: ``.{name}.mkeval-{host}-{pid}-{random}.tmp``
+STALE_FOREIGN_SECONDS = 24 * 3600  # a temp file from another host is removed only once this old
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Create ``path`` atomically: ``write(temp)`` fills a temp file in the same directory, which is
+    fsynced and renamed over ``path``. A kill leaves either the old file or the new one, never half of
+    one; the temp file carries mkeval's mark, host and pid, so a later run can remove it safely.
+    The file gets the usual mode (0666 minus the umask), not mkstemp's private 0600."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -122,35 +149,94 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write text atomically, like ``write_json``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write text atomically (``atomic_write``)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write standard JSON atomically; non-finite floats become null."""
+    write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete temp files that killed mkeval processes left below ``directory``.
+
+    Only mkeval's own pattern is touched. A file from this host is stale when its process is
+    gone; one from another host (a shared filesystem) when it is older than a day, since its
+    process cannot be asked. Returns what was removed.
+    """
+    removed = []
+    host, now = socket.gethostname(), time.time()
+    for path in Path(directory).rglob(f".*{TEMP_MARK}*.tmp"):
+        match = re.search(re.escape(TEMP_MARK) + r"(.+)-(\d+)-[^-]*\.tmp$", path.name)
+        if match is None or not path.is_file():
+            continue
+        owner, pid = match.group(1), int(match.group(2))
+        try:
+            stale = (not _pid_alive(pid)) if owner == host else now - path.stat().st_mtime > STALE_FOREIGN_SECONDS
+            if stale:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # its owner renamed or removed it meanwhile
+            continue
+    for path in removed:
+        log.warning("removed %s, left behind by a killed run", path)
+    return removed
+
+
+@dataclass
+class ResultScan:
+    """What a results directory holds: finished cell results by cell hash, and the files that
+    could not be read (path -> why). Older-schema results are listed apart: readable, not resumable."""
+
+    finished: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    unreadable: dict[Path, str] = field(default_factory=dict)
+    old_schema: dict[Path, str] = field(default_factory=dict)
+
+
+def read_json_file(path: Path) -> tuple[Any, str | None]:
+    """``(data, None)``, or ``(None, why)`` when the file is not readable JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def scan_results(directory: Path) -> ResultScan:
+    """Every ``*.json`` at the top of ``directory``: finished cell results, and unreadable files."""
+    scan = ResultScan()
+    for path in sorted(Path(directory).glob("*.json")):
+        data, why = read_json_file(path)
+        if why is not None:
+            scan.unreadable[path] = why
+            continue
+        if not (isinstance(data, dict) and "cell_hash" in data and "status" in data):
+            continue  # a summary or another file mkeval writes
+        if data.get("schema_version") != SCHEMA_VERSION:
+            scan.old_schema[path] = f"schema {data.get('schema_version')!r}, this mkeval writes {SCHEMA_VERSION}"
+            continue
+        missing = [f for f in REQUIRED_FIELDS if f not in data]
+        if missing or data.get("status") != "ok" or not isinstance(data.get("cell_hash"), str):
+            scan.unreadable[path] = (f"a cell result without {', '.join(missing[:5])}" if missing
+                                     else f"a cell result with status {data.get('status')!r}")
+            continue
+        scan.finished[data["cell_hash"]] = (path, data)
+    return scan
 
 
 def finished_cells(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """Finished per-cell results in ``directory`` keyed by cell hash; other JSON files are ignored."""
-    found = {}
-    for path in sorted(Path(directory).glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if not (isinstance(data, dict) and data.get("status") == "ok" and isinstance(data.get("cell_hash"), str)):
-            continue
-        missing = [f for f in REQUIRED_FIELDS if f not in data]
-        if missing or data.get("schema_version") != SCHEMA_VERSION:
-            log.warning("%s looks like a result but %s; ignored", path,
-                        f"lacks {', '.join(missing[:5])}" if missing else f"has schema {data.get('schema_version')!r}")
-            continue
-        found[data["cell_hash"]] = (path, data)
-    return found
+    """Finished per-cell results in ``directory`` keyed by cell hash."""
+    return scan_results(directory).finished
 
 
 def read_results(directory: Path) -> list[CellResult]:
@@ -158,43 +244,12 @@ def read_results(directory: Path) -> list[CellResult]:
     return [CellResult.from_json(data) for _, data in sorted(finished_cells(directory).values(), key=lambda item: item[0])]
 
 
-def multi_dataset_summary(model: str, results: list[CellResult], failures: dict[str, str],
-                          failed_cells: int = 0) -> dict[str, Any]:
-    """``{model}_multi_dataset.json``: test perplexity per dataset, then mean and std across datasets.
-
-    A dataset with several cells (seq lens, precisions, seeds) reports their mean and lists them.
-    The std across datasets is the population standard deviation (ddof = 0). When any cell of
-    the model failed, the mean and std are null (``complete`` false): an average over whatever
-    happened to succeed would not compare with a complete one.
-    """
-    per_dataset: dict[str, Any] = {}
-    for r in results:
-        entry = per_dataset.setdefault(r.dataset, {"cells": []})
-        entry["cells"].append(
-            {"seq_len": r.seq_len, "precision": r.precision, "seed": r.seed, "test_perplexity": r.test_perplexity}
-        )
-    for entry in per_dataset.values():
-        entry["perplexity"] = statistics.fmean(c["test_perplexity"] for c in entry["cells"])
-    values = [e["perplexity"] for e in per_dataset.values()]
-    complete = failed_cells == 0 and bool(values)
-    return {
-        "model_name": model,
-        "datasets": per_dataset,
-        "mean_perplexity": statistics.fmean(values) if complete else None,
-        "std_perplexity": statistics.pstdev(values) if complete else None,
-        "num_datasets": len(values),
-        "complete": complete,
-        "failed_cells": failed_cells,
-        "failed": failures,
-    }
-
-
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Non-finite floats (a diverged perplexity) become null, so the JSON stays standard."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value

@@ -17,24 +17,27 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from .aggregate import multi_dataset_summary
 from .downstream import Pretrained, RunOptions, TaskInput, Unit, run_unit
-from .engine import Cell, CellPlan, evaluate_cell, git_revision, plan_hash, run_cell
+from .engine import Cell, CellPlan, evaluate_cell, finish_cell, git_revision, plan_hash, run_cell
 from .errors import CellFailed, PluginError, UsageError
-from .protocol import Protocol, load_config
+from .models import check_model_options
+from .protocol import Protocol, config_positions, load_config
 from .registry import Registry, get_registry
 from .results import (
     SUMMARY_FILE,
     CellResult,
     CellStatus,
-    finished_cells,
-    multi_dataset_summary,
+    ResultScan,
+    remove_stale_temp_files,
+    scan_results,
     write_json,
     write_text,
 )
 from .specs import DataRequest, LMData
 from .taskdata import TaskSkipped, load_task_data
 from .taskspec import TaskConfig, load_task_dir, specs_in
-from .text import parse_split_map
+from .text import apply_split_map, parse_split_map
 from .training import Progress
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,25 @@ def parse_ints(value: str | int | Sequence[int] | None, option: str, minimum: in
     return list(dict.fromkeys(out))
 
 
-def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: list[int] | None) -> list[str]:
-    """Precision names from ``--precisions`` and ``--bits`` (32 -> fp32, 16 -> fp16, or a plugin's bits)."""
+@dataclass(frozen=True)
+class PrecisionRole:
+    """A precision of the run and the precision its checkpoint is trained at.
+
+    Floating-point precisions (``fp32``, ``bf16``, ``fp16``: no ``quantize``) train, each its own
+    cell (``trained_at == name``). Post-training precisions (``int8``, ``int4``, plugins) and
+    ``--evaluate-at`` precisions evaluate the first training precision's checkpoint.
+    """
+
+    name: str
+    trained_at: str
+    role: str  # "trained" | "post-training" | "evaluation-only"
+
+    @property
+    def trains(self) -> bool:
+        return self.role == "trained"
+
+
+def _precision_names(registry: Registry, precisions: list[str] | None, bits: list[int] | None) -> list[str]:
     names = list(precisions or [])
     for b in bits or []:
         matches = [n for n in registry.names("precision") if registry.get("precision", n).bits == b]
@@ -109,13 +129,30 @@ def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: l
         else:
             accepted = sorted({registry.get("precision", n).bits for n in registry.names("precision")})
             raise UsageError(f"--bits: no precision with {b} bits; accepted values: {', '.join(map(str, accepted))}")
-    names = list(dict.fromkeys(names)) or list(DEFAULT_PRECISIONS)
+    names = list(dict.fromkeys(names))
     for n in names:
         registry.get("precision", n, option="--precisions")
-    # the first precision that trains is the one every other precision evaluates the checkpoint of
-    trains = [n for n in names if registry.get("precision", n).quantize is None]
-    base = trains[0] if trains else DEFAULT_PRECISIONS[0]
-    return [base] + [n for n in names if n != base]
+    return names
+
+
+def resolve_precisions(registry: Registry, precisions: list[str] | None, bits: list[int] | None,
+                       evaluate_at: list[str] | None = None) -> list[PrecisionRole]:
+    """The run's precisions from ``--precisions``/``--bits`` (32 -> fp32, 16 -> fp16, 8 -> int8, 4 -> int4,
+    or a plugin's bits) and ``--evaluate-at``, training ones first."""
+    names = _precision_names(registry, precisions, bits)
+    trains = [n for n in names if registry.get("precision", n).quantize is None] or list(DEFAULT_PRECISIONS)
+    post = [n for n in names if registry.get("precision", n).quantize is not None]
+    roles = [PrecisionRole(n, n, "trained") for n in trains] + [PrecisionRole(n, trains[0], "post-training")
+                                                              for n in post]
+    for n in evaluate_at or []:
+        spec = registry.get("precision", n, option="--evaluate-at")
+        if spec.quantize is not None:
+            raise UsageError(f"--evaluate-at: {n!r} is a post-training precision; list it in --precisions (it "
+                             "evaluates the trained checkpoint anyway)")
+        if n == trains[0]:
+            raise UsageError(f"--evaluate-at: {n!r} is the precision the checkpoint is trained at; nothing to add")
+        roles.append(PrecisionRole(n, trains[0], "evaluation-only"))
+    return roles
 
 
 def run(
@@ -143,6 +180,8 @@ def run(
     skip_bad_rows: bool | None = None,
     dev_holdout: bool | None = None,
     fewshot: str | Sequence[int] | int | None = None,
+    allow_test_contamination: bool | None = None,
+    evaluate_at: str | Sequence[str] | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **protocol_fields: Any,
@@ -197,8 +236,8 @@ def run(
     pretrain = datasets is not None
     dataset_names = split_names(datasets, "--datasets") or list(DEFAULT_DATASETS)
     precision_names = resolve_precisions(
-        registry, split_names(precisions, "--precisions"), parse_ints(bits, "--bits") if bits is not None else None
-    )
+        registry, split_names(precisions, "--precisions"), parse_ints(bits, "--bits") if bits is not None else None,
+        split_names(evaluate_at if evaluate_at is not None else file_run.get("evaluate_at"), "--evaluate-at"))
     for name in model_names:
         registry.get("model", name, option="--models")
     for name in dataset_names:
@@ -221,14 +260,18 @@ def run(
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise UsageError(f"--limit: must be a positive integer, got {limit!r}")
     options = model_options if model_options is not None else file_run.get("model_options", {})
-    for name in options:
-        registry.get("model", name, option="model_options")
+    positions = config_positions(config) if config is not None and model_options is None else {}
+    for name, opts in options.items():
+        spec = registry.get("model", name, option=positions.get(f"model_options.{name}", "model_options"))
+        unknown = [k for k in opts if spec.options is not None and k not in spec.options] if isinstance(opts, dict) else []
+        where = positions.get(f"model_options.{name}" + (f".{unknown[0]}" if unknown else ""), "model_options")
+        check_model_options(name, protocol.model_size or spec.default_size, opts, where, registry)
     dev = resolve_device(device)
-    for name in precision_names:
-        spec = registry.get("precision", name)
+    for role in precision_names:
+        spec = registry.get("precision", role.name)
         reason = spec.unsupported(dev) if spec.unsupported else None
         if reason:
-            raise UsageError(f"precision {name!r} cannot run on {dev}: {reason}")
+            raise UsageError(f"precision {role.name!r} cannot run on {dev}: {reason}")
     for name in model_names:
         spec = registry.get("model", name)
         size = protocol.model_size or spec.default_size
@@ -240,17 +283,11 @@ def run(
         too_long = [n for n in protocol.seq_lens if spec.max_seq_len is not None and n > spec.max_seq_len]
         if too_long:
             raise UsageError(f"--seq-len: model {name!r} supports at most {spec.max_seq_len} tokens, asked for {too_long}")
-    match_params = match_params if match_params is not None else file_run.get("match_params")
-    if match_params is not None:
-        if match_params not in model_names:
-            raise UsageError(f"--match-params: {match_params!r} is not among the run's models ({', '.join(model_names)})")
-        for name in model_names:
-            if name != match_params and registry.get("model", name).size_knob is None:
-                raise UsageError(f"--match-params: model {name!r} declares no size_knob, so it cannot be sized "
-                                 f"to {match_params!r}")
-            if name != match_params and name in options:
-                raise UsageError(f"--match-params: model {name!r} has explicit model options; drop one or the other")
-    splits = parse_split_map(split_map if split_map is not None else file_run.get("split_map"))
+    sizing = plan_sizing(registry, model_names, options,
+                         match_params if match_params is not None else file_run.get("match_params"))
+    allow_test = bool(allow_test_contamination if allow_test_contamination is not None
+                      else file_run.get("allow_test_contamination", False))
+    splits = parse_split_map(split_map if split_map is not None else file_run.get("split_map"), allow_test)
     data_options = dataset_options if dataset_options is not None else file_run.get("dataset_options", {})
     for name in data_options:
         registry.get("dataset", name, option="dataset_options")
@@ -261,9 +298,10 @@ def run(
     plans = []
     if pretrain or not task_configs:
         plans = plan_cells(registry, protocol, model_names, dataset_names, precision_names, options, data_path,
-                           limit, match_params, splits, data_options)
+                           limit, sizing, splits, data_options)
     out = Path(output_dir)
-    done = finished_cells(out) if resume and out.is_dir() else {}
+    scan = scan_results(out) if resume and out.is_dir() else ResultScan()
+    done = scan.finished
     run_options = RunOptions(limit=limit, dev_holdout=dev_holdout, skip_bad_rows=skip_bad_rows)
     task_inputs = load_tasks(task_configs, data_path, run_options, protocol.data_seed)
     if dry_run:
@@ -272,10 +310,57 @@ def run(
         return RunResult(statuses, [], None, protocol, dry_run=True, tasks=task_inputs)
     check_writable(out)
     data = load_data([p for p in plans if p.cell_hash not in done or task_inputs], registry, protocol, data_path)
-    scratch = [] if plans else scratch_units(registry, protocol, model_names, precision_names, options,
-                                             match_params)
+    scratch = [] if plans else scratch_units(registry, protocol, model_names, precision_names, options, sizing)
     return execute(plans, registry, protocol, out, dev, data, done, resume, progress, task_inputs, scratch,
-                   run_options)
+                   run_options, scan.unreadable)
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How each model of the run is sized: ``reference[model]`` is the model whose non-embedding
+    parameter count it is matched to (None: its own size), ``unmatched[model]`` why it is not."""
+
+    reference: dict[str, str | None]
+    unmatched: dict[str, str]
+    mode: str  # "explicit" (--match-params REF) | "default" (the first model) | "off"
+
+
+def plan_sizing(registry: Registry, models: list[str], options: dict[str, dict[str, Any]],
+                match: str | None) -> Sizing:
+    """``--match-params``: REF, ``none``, or (default, with several models) the first model.
+
+    Every other model is sized through its plugin's ``size_knob`` to REF's non-embedding
+    parameter count (within 3%). Asked for explicitly, a model that cannot be sized is an error;
+    by default it keeps its own size and its results are marked as not size-matched.
+    """
+    if match is not None and str(match).lower() == "none":
+        off = {m: "size matching is off (--match-params none)" for m in models} if len(models) > 1 else {}
+        return Sizing({m: None for m in models}, off, "off")
+    mode = "explicit" if match is not None else "default"
+    if match is None:
+        if len(models) < 2:
+            return Sizing({m: None for m in models}, {}, "off")
+        match = models[0]
+    if match not in models:
+        raise UsageError(f"--match-params: {match!r} is not among the run's models ({', '.join(models)}); "
+                         "or 'none' to keep each model's own size")
+    reference: dict[str, str | None] = {match: None}
+    unmatched: dict[str, str] = {}
+    for name in models:
+        if name == match:
+            continue
+        spec = registry.get("model", name)
+        why = None
+        if spec.size_knob is None:
+            why = f"model {name!r} declares no size_knob, so it cannot be sized to {match!r}"
+        elif spec.size_knob in options.get(name, {}):
+            why = f"model {name!r} sets its size knob {spec.size_knob!r} in its options"
+        if why is not None and mode == "explicit":
+            raise UsageError(f"--match-params: {why}; drop that or use --match-params none")
+        reference[name] = None if why else match
+        if why:
+            unmatched[name] = why
+    return Sizing(reference, unmatched, mode)
 
 
 def _supports_checkpointing(registry: Registry, name: str, size: str | None, options: dict[str, Any]) -> bool:
@@ -315,25 +400,25 @@ def load_tasks(configs: list[TaskConfig], data_dir: Path | None, options: RunOpt
     return inputs
 
 
-def scratch_units(registry: Registry, protocol: Protocol, models: list[str], precisions: list[str],
-                  options: dict[str, dict[str, Any]], match: str | None) -> list[Unit]:
-    """Downstream units without pretraining: model x precision x seed, in the matrix's order."""
+def scratch_units(registry: Registry, protocol: Protocol, models: list[str], precisions: list[PrecisionRole],
+                  options: dict[str, dict[str, Any]], sizing: Sizing) -> list[Unit]:
+    """Downstream units without pretraining: model x training precision x seed, in the matrix's order."""
     units = []
-    many_bits = len({registry.get("precision", p).bits for p in precisions}) < len(precisions)
-    precisions = [p for p in precisions if registry.get("precision", p).quantize is None]
+    trains = [r.name for r in precisions if r.trains]
+    many_bits = len({registry.get("precision", p).bits for p in trains}) < len(trains)
     for seed in protocol.seeds:
-        for precision in precisions:
+        for precision in trains:
             for model in models:
                 name = model
-                if len(precisions) > 1:
+                if len(trains) > 1:
                     name += f"_bits{registry.get('precision', precision).bits}" + (f"_{precision}" if many_bits else "")
                 if len(protocol.seeds) > 1:
                     name += f"_seed{seed}"
                 size = protocol.model_size or registry.get("model", model).default_size
-                ref = match if match and match != model else None
+                ref = sizing.reference[model]
                 units.append(Unit(name, model, precision, seed, size, options.get(model, {}), ref,
                                   (protocol.model_size or registry.get("model", ref).default_size) if ref else None,
-                                  options.get(ref, {}) if ref else {}))
+                                  options.get(ref, {}) if ref else {}, unmatched=sizing.unmatched.get(model)))
     return units
 
 
@@ -351,8 +436,9 @@ def load_data(plans: list[CellPlan], registry: Registry, protocol: Protocol,
             continue
         try:
             spec = registry.get("dataset", plan.cell.dataset)
-            loaded[key] = spec.load(data_request(protocol, plan.cell.seq_len, data_dir, plan.split_map,
-                                                 plan.dataset_options))
+            data = spec.load(data_request(protocol, plan.cell.seq_len, data_dir, plan.split_map,
+                                          plan.dataset_options))
+            loaded[key] = data if spec.maps_splits else apply_split_map(data, plan.split_map)
         except Exception as exc:  # recorded for the dataset's cells; the matrix goes on
             loaded[key] = exc
     failures = [v for v in loaded.values() if isinstance(v, Exception)]
@@ -424,50 +510,59 @@ def plan_cells(
     protocol: Protocol,
     models: list[str],
     datasets: list[str],
-    precisions: list[str],
+    precisions: list[PrecisionRole],
     model_options: dict[str, dict[str, Any]],
     data_dir: Path | None,
     limit: int | None,
-    match: str | None = None,
+    sizing: Sizing | None = None,
     split_map: dict[str, str] | None = None,
     dataset_options: dict[str, dict[str, Any]] | None = None,
 ) -> list[CellPlan]:
-    """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison)."""
-    bits_count: dict[int, int] = {}
-    for p in precisions:
-        b = registry.get("precision", p).bits
-        bits_count[b] = bits_count.get(b, 0) + 1
+    """The matrix, in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison).
+
+    A training precision's cell trains; a post-training or ``--evaluate-at`` precision's cell
+    evaluates the checkpoint of the same model, dataset, length and seed trained at the first
+    training precision.
+    """
+    shared_bits: dict[int, int] = {}
+    for role in precisions:
+        if role.role != "evaluation-only":
+            b = registry.get("precision", role.name).bits
+            shared_bits[b] = shared_bits.get(b, 0) + 1
+
     def size_of(model: str) -> str | None:
         return protocol.model_size or registry.get("model", model).default_size
 
+    def name_of(model: str, dataset: str, seq_len: int, seed: int, role: PrecisionRole) -> str:
+        bits = registry.get("precision", role.name).bits
+        name = f"{model}_{dataset}_seq{seq_len}_bits{bits}"
+        if role.role == "evaluation-only":
+            name += f"_{role.name}_from_{role.trained_at}"
+        elif shared_bits[bits] > 1:
+            name += f"_{role.name}"
+        return name + (f"_seed{seed}" if len(protocol.seeds) > 1 else "")
+
     plans = []
-    base_precision = precisions[0]  # resolve_precisions puts the training precision first
     for dataset in datasets:
         for seq_len in protocol.seq_lens:
             for seed in protocol.seeds:
-                trained: dict[str, str] = {}
-                for precision in precisions:
+                trained: dict[tuple[str, str], tuple[str, str]] = {}
+                for role in precisions:
                     for model in models:
-                        cell = Cell(model, dataset, seq_len, precision, seed)
-                        bits = registry.get("precision", precision).bits
-                        name = f"{model}_{dataset}_seq{seq_len}_bits{bits}"
-                        if bits_count[bits] > 1:
-                            name += f"_{precision}"
-                        if len(protocol.seeds) > 1:
-                            name += f"_seed{seed}"
-                        plan = CellPlan(cell, name, "", size_of(model), model_options.get(model, {}),
-                                        str(data_dir) if data_dir else None, limit,
-                                        match if match and match != model else None,
-                                        size_of(match) if match and match != model else None,
-                                        dict(split_map or {}),
-                                        model_options.get(match, {}) if match and match != model else {},
+                        cell = Cell(model, dataset, seq_len, role.name, seed)
+                        ref = sizing.reference.get(model) if sizing else None
+                        source = None if role.trains else trained[(model, role.trained_at)]
+                        plan = CellPlan(cell, name_of(model, dataset, seq_len, seed, role), "", size_of(model),
+                                        model_options.get(model, {}), str(data_dir) if data_dir else None, limit,
+                                        ref, size_of(ref) if ref else None, dict(split_map or {}),
+                                        model_options.get(ref, {}) if ref else {},
                                         (dataset_options or {}).get(dataset, {}),
-                                        None if precision == base_precision else trained[model][0],
-                                        None if precision == base_precision else trained[model][1],
-                                        _quantizer(registry, precision))
+                                        source[0] if source else None, source[1] if source else None,
+                                        _quantizer(registry, role.name), role.role,
+                                        sizing.unmatched.get(model) if sizing else None)
                         plan = dataclasses.replace(plan, cell_hash=plan_hash(protocol, cell, plan.identity))
-                        if precision == base_precision:
-                            trained[model] = (plan.name, plan.cell_hash)
+                        if role.trains:
+                            trained[(model, role.name)] = (plan.name, plan.cell_hash)
                         plans.append(plan)
     return plans
 
@@ -511,9 +606,16 @@ def execute(
     tasks: list[TaskInput] | None = None,
     scratch: list[Unit] | None = None,
     options: RunOptions | None = None,
+    unreadable: dict[Path, str] | None = None,
 ) -> RunResult:
-    """Run the cells not in ``done`` (finished results, by cell hash), then the downstream units."""
+    """Run the cells not in ``done`` (finished results, by cell hash), then the downstream units.
+
+    ``unreadable`` lists result files that could not be read; a cell whose file is among them is
+    rerun, and the run says so.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    checks: dict[Any, Any] = {}  # runtime contract checks, once per model configuration
     run_info = {"started": _now(), "git_revision": git_revision(), "resume": resume,
                 "cells": len(plans), "protocol_hash": protocol.hash}
     statuses: list[CellStatus] = []
@@ -525,13 +627,18 @@ def execute(
     for index, plan in enumerate(plans):
         cell = plan.cell
         if plan.cell_hash in done:
-            path, data = done[plan.cell_hash]
+            path, finished = done[plan.cell_hash]
             statuses.append(CellStatus(plan.name, plan.cell_hash, "resumed", path.name, config=plan.identity))
-            results.append(CellResult.from_json(data))
+            results.append(CellResult.from_json(finished))
             done_plans.append(plan)
             if progress:
                 progress("cell_end", index=index, name=plan.name, status="resumed")
             continue
+        note = None
+        bad = (unreadable or {}).get(out / f"{plan.name}.json")
+        if bad is not None:
+            note = f"its result file {plan.name}.json was unreadable ({bad}); the cell was rerun"
+            log.warning("%s: %s", plan.name, note)
         if progress:
             progress("cell_start", index=index, name=plan.name,
                      steps=protocol.steps(cell.seq_len) if plan.evaluates is None else 0)
@@ -540,7 +647,8 @@ def execute(
             if isinstance(cell_data, Exception):
                 raise cell_data
             if plan.evaluates is None:
-                result = run_cell(plan, cell_data, protocol, registry, out, device, run_info, progress)
+                result = run_cell(plan, cell_data, protocol, registry, out, device, run_info, progress, checks,
+                                  resume)
             else:
                 base = next((r for r, p in zip(results, done_plans) if p.name == plan.evaluates), None)
                 if base is None:
@@ -549,7 +657,8 @@ def execute(
                 result = evaluate_cell(plan, base, cell_data, protocol, registry, out, device, run_info)
             path = out / f"{plan.name}.json"
             write_json(path, result.to_json())
-            statuses.append(CellStatus(plan.name, plan.cell_hash, "ok", path.name, config=plan.identity))
+            finish_cell(out, result)
+            statuses.append(CellStatus(plan.name, plan.cell_hash, "ok", path.name, config=plan.identity, note=note))
             results.append(result)
             done_plans.append(plan)
             status = "ok"
@@ -561,7 +670,8 @@ def execute(
             write_text(tb_path, traceback.format_exc())
             log.error("cell %s failed: %s", plan.name, message)
             statuses.append(CellStatus(plan.name, plan.cell_hash, "failed", error=message,
-                                       traceback_file=str(tb_path.relative_to(out)), config=plan.identity))
+                                       traceback_file=str(tb_path.relative_to(out)), config=plan.identity,
+                                       note=note))
             dataset_failures.setdefault(cell.model, {})[cell.dataset] = message
             status = "failed"
         if progress:
@@ -574,8 +684,8 @@ def execute(
         for model in dict.fromkeys(p.cell.model for p in plans):
             mine = [r for r in results if r.model_name == model]
             path = out / f"{model}_multi_dataset.json"
-            failed = [c for c in statuses if c.status == "failed" and c.config["cell"]["model"] == model]
-            write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {}), len(failed)))
+            failed = [c.config["cell"] for c in statuses if c.status == "failed" and c.config["cell"]["model"] == model]
+            write_json(path, multi_dataset_summary(model, mine, dataset_failures.get(model, {}), failed))
             multi_files.append(path)
     downstream: dict[str, dict[str, Any]] = {}
     downstream_files: list[Path] = []
@@ -600,7 +710,7 @@ def execute(
             progress("downstream_plan", units=[u.name for u in units], tasks=[t.config.name for t in tasks])
         for unit in units:
             path, summary = run_unit(unit, tasks, protocol, registry, out, device, options or RunOptions(),
-                                     run_info, resume, progress)
+                                     run_info, resume, progress, checks)
             downstream[unit.name] = summary
             downstream_files.append(path)
             write_summary(out, protocol, run_info, statuses, downstream)

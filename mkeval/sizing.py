@@ -39,8 +39,9 @@ def non_embedding(name: str, vocab: int, seq_len: int, size: str | None, registr
 
 def match_params(name: str, reference: str, vocab: int, seq_len: int, size: str | None, reference_size: str | None,
                  registry: Registry, tolerance: float = TOLERANCE,
-                 reference_options: dict[str, Any] | None = None) -> Match:
-    """The ``size_knob`` value of model ``name`` closest to ``reference``'s non-embedding count."""
+                 reference_options: dict[str, Any] | None = None, options: dict[str, Any] | None = None) -> Match:
+    """The ``size_knob`` value of model ``name`` (built with its other ``options``) closest to
+    ``reference``'s non-embedding count."""
     target = non_embedding(reference, vocab, seq_len, reference_size, registry, **(reference_options or {}))
     spec = registry.get("model", name)
     if name == reference:
@@ -52,7 +53,7 @@ def match_params(name: str, reference: str, vocab: int, seq_len: int, size: str 
 
     def count(value: int) -> int:
         if value not in cache:
-            cache[value] = non_embedding(name, vocab, seq_len, size, registry, **{knob: value})
+            cache[value] = non_embedding(name, vocab, seq_len, size, registry, **{**(options or {}), knob: value})
         return cache[value]
 
     lo, hi = 1, 2

@@ -45,7 +45,11 @@ class ModelSpec:
     ``size`` presets, ``default_size`` the one used when none is asked for. ``size_knob``
     names an integer option that grows the non-embedding parameter count monotonically
     (used to match parameter counts across models). ``max_seq_len`` is the longest
-    sequence the architecture supports (None: no limit).
+    sequence the architecture supports (None: no limit). ``to_transformers(model) ->
+    transformers.PreTrainedModel`` (optional) converts a built model, weights included, to a
+    ``transformers`` model whose logits are the same (``mkeval export --format hf``).
+    ``options`` names every build option ``build`` accepts, so that a misspelt option in a
+    config file is reported (with its file and line) before anything runs.
     """
 
     name: str
@@ -55,6 +59,8 @@ class ModelSpec:
     size_knob: str | None = None
     max_seq_len: int | None = None
     description: str = ""
+    to_transformers: Callable[[nn.Module], Any] | None = None
+    options: tuple[str, ...] | None = None  # build options the model accepts (checked before any work); None: unknown
 
 
 # --------------------------------------------------------------------------- datasets
@@ -121,6 +127,7 @@ class DatasetSpec:
     load: Callable[[DataRequest], LMData]
     synthetic: bool = False
     description: str = ""
+    maps_splits: bool = False  # load() applies request.split_map itself; else the core remaps the loaded splits
 
 
 # --------------------------------------------------------------------------- precisions

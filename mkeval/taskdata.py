@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,13 +128,22 @@ def _load_local(config: TaskConfig, data_dir: Path, skip: bool) -> TaskData:
                 rows, bad = [], 0
                 for path in paths:
                     digest.update(f"{path}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())
+                    examples = 0
                     for where, raw in _read(layout, path):
+                        examples += 1
                         try:
                             rows.append(_row(config, layout.fields, layout.label_values, raw, where))
                         except (KeyError, ValueError) as exc:
                             if not skip:
                                 raise UsageError(f"{exc.args[0]} (pass --skip-bad-rows to leave such rows out)") from None
                             bad += 1
+                    if examples == 0:
+                        what = "a header but no rows" if layout.format in ("tsv", "csv") and layout.header else "no rows"
+                        raise UsageError(f"{path}:1: the {role} file of task {config.name!r} holds {what}; "
+                                         "give the complete official file")
+                if not rows:
+                    raise UsageError(f"task {config.name!r}: every {role} row of {', '.join(map(str, paths))} is bad "
+                                     f"({bad} left out by --skip-bad-rows); nothing is left to run on")
                 parsed[key] = (rows, bad)
             rows, bad = parsed[key]
             data.rows[role], data.skipped_rows[role] = list(rows), bad
@@ -160,10 +171,21 @@ def _read(layout: LocalLayout, path: Path) -> Iterator[tuple[str, dict[str, Any]
                 yield from _explode_record(where, obj)
 
 
+def _decoded(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 are an error naming the line they are on."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(f"{path}:{line}: not valid UTF-8 (byte {raw[exc.start]:#04x} at column {column})") from None
+
+
 def _read_table(layout: LocalLayout, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     delimiter = "\t" if layout.format == "tsv" else ","
     quoting = csv.QUOTE_NONE if layout.format == "tsv" else csv.QUOTE_MINIMAL  # GLUE tsvs hold bare quotes
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_decoded(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         columns = list(layout.columns)
         try:
@@ -279,6 +301,19 @@ def _load_hub(config: TaskConfig, hub: HubSource, skip: bool) -> TaskData:
 
 
 # --------------------------------------------------------------------------- rows
+def _check_answer_starts(context: str, answers: list[str], starts: Any, where: str) -> None:
+    """Each gold answer sits in its context at its ``answer_start`` (SQuAD's character offset)."""
+    if not isinstance(starts, list) or len(starts) != len(answers):
+        raise ValueError(f"{where}: {len(answers)} answers but answer_start {starts!r}")
+    for text, start in zip(answers, starts):
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= len(context) - len(text):
+            raise ValueError(f"{where}: answer_start {start!r} of answer {text!r} is outside its context "
+                             f"({len(context)} characters)")
+        if context[start: start + len(text)] != text:
+            raise ValueError(f"{where}: the context at answer_start {start} reads "
+                             f"{context[start: start + len(text)]!r}, not the answer {text!r}")
+
+
 def _row(config: TaskConfig, rename: dict[str, str], label_values: tuple[Any, ...], raw: dict[str, Any],
          where: str) -> dict[str, Any]:
     """A raw row in the task's field names, checked; ``KeyError``/``ValueError`` name ``where``."""
@@ -299,6 +334,8 @@ def _row(config: TaskConfig, rename: dict[str, str], label_values: tuple[Any, ..
             row["_label"] = float(lookup(row, config.label, where))
         except (TypeError, ValueError):
             raise ValueError(f"{where}: label {lookup(row, config.label, where)!r} is not a number") from None
+        if not math.isfinite(row["_label"]):
+            raise ValueError(f"{where}: label {lookup(row, config.label, where)!r} is not a finite number")
     elif config.label and not config.answers and config.kind in ("classification", "multiple_choice"):
         value = canon(lookup(row, config.label, where))
         spelled = [canon(v) for v in (label_values or config.labels)]
@@ -311,6 +348,8 @@ def _row(config: TaskConfig, rename: dict[str, str], label_values: tuple[Any, ..
             raise ValueError(f"{where}: {config.answers!r} must be a list of answer strings")
         if config.kind == "span" and not answers:
             raise ValueError(f"{where}: no gold answer")
+        if config.kind == "span" and row.get("answer_starts") is not None:
+            _check_answer_starts(str(lookup(row, config.context, where)), answers, row["answer_starts"], where)
     if config.choices_field:
         options = lookup(row, config.choices_field, where)
         if not isinstance(options, list) or not options:

@@ -211,8 +211,9 @@ def _check(c: TaskConfig, node: Any) -> None:
     def fail(key: str, what: str) -> None:
         raise UsageError(f"{c.source_file}:{_line(node, key)}: field {key!r}: {what}")
 
-    if not isinstance(c.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", c.name):
-        fail("name", f"must be letters, digits, '_', '-' or '.', got {c.name!r}")
+    if not isinstance(c.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", c.name) or ".." in c.name:
+        fail("name", f"must be letters, digits, '_', '-' or '.', starting with a letter or digit (it names "
+                     f"files in the output dir), got {c.name!r}")
     if c.kind not in KINDS:
         fail("kind", f"unknown task kind {c.kind!r}; known kinds: {', '.join(KINDS)}")
     if not all(isinstance(g, str) for g in c.groups):

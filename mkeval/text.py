@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+from .perplexity import lm_eval_words
 from .results import write_json
 from .specs import DataRequest, LMData, TokenSplit
 from .tokenizers import Tokenizer, fit_state, make_tokenizer, needs_training
@@ -38,6 +39,10 @@ SPLIT_ALIASES = {"validation": "valid", "dev": "valid", "val": "valid"}
 STREAM_EVAL_TOKENS = 4_194_304  # valid/test tokens read from a streaming source when no budget is set
 CACHE_FORMAT = 1
 _CHUNK = 1 << 20  # tokens buffered before writing
+# text statistics of a split: ``words`` counts str.split() words, ``lm_eval_words`` lm-eval's
+# re.split(r"\s+") pieces (``mkeval.perplexity``); ``bytes`` are UTF-8 bytes of the documents
+# (the newline that ends a line is not part of its document)
+STATS = ("documents", "lines", "words", "lm_eval_words", "bytes", "unk_tokens")  # unk_tokens: ids of <unk>
 
 
 @dataclass
@@ -62,8 +67,16 @@ def canonical_split(name: str) -> str:
     return SPLIT_ALIASES.get(name, name)
 
 
-def parse_split_map(value: str | dict[str, str] | None) -> dict[str, str]:
-    """``"train=valid,test=test"`` -> ``{"train": "valid", "test": "test"}`` (role -> split read)."""
+TEST_OPTION = "--allow-test-contamination"
+
+
+def parse_split_map(value: str | dict[str, str] | None, allow_test: bool = False) -> dict[str, str]:
+    """``"train=valid,test=test"`` -> ``{"train": "valid", "test": "test"}`` (role -> split read).
+
+    Roles and splits are ``train``, ``valid`` (``validation``, ``dev``) and ``test``. Reading the
+    test split for training or for checkpoint selection would make the test number meaningless:
+    it is refused unless ``allow_test`` (``--allow-test-contamination``), and then marked.
+    """
     if value is None:
         return {}
     if isinstance(value, dict):
@@ -77,13 +90,41 @@ def parse_split_map(value: str | dict[str, str] | None) -> dict[str, str]:
             pairs.append((role.strip(), split.strip()))
     out: dict[str, str] = {}
     for role, split in pairs:
-        role = canonical_split(role)
+        role, split = canonical_split(role), canonical_split(split)
         if role not in ROLES:
             raise UsageError(f"--split-map: unknown role {role!r}; roles are train, valid (validation), test")
+        if split not in ROLES:
+            raise UsageError(f"--split-map: unknown split {split!r} (in {role}={split}); splits are train, "
+                             "valid (validation, dev), test")
         if role in out:
             raise UsageError(f"--split-map: role {role!r} is mapped twice")
-        out[role] = canonical_split(split)
+        if split == "test" and role != "test" and not allow_test:
+            use = "train on" if role == "train" else "select the checkpoint on"
+            raise UsageError(f"--split-map {role}=test would {use} the test text, so the test perplexity would no "
+                             f"longer measure held-out data; map {role} onto another split, or pass {TEST_OPTION} "
+                             "to do it anyway (every result and report row is then marked)")
+        out[role] = split
     return out
+
+
+def reads_test(split_map: dict[str, str]) -> list[str]:
+    """The roles other than test that read the test split (results are marked when there are any)."""
+    return [role for role, split in split_map.items() if split == "test" and role != "test"]
+
+
+def apply_split_map(data: LMData, split_map: dict[str, str]) -> LMData:
+    """Roles read from the mapped splits, for datasets that do not apply a split map themselves."""
+    if not split_map:
+        return data
+    missing = sorted({s for s in split_map.values() if s not in data.splits})
+    if missing:
+        raise UsageError(f"--split-map: the dataset has no {', '.join(missing)} split (it has "
+                         f"{', '.join(data.splits)})")
+    data.splits = {role: data.splits[split_map.get(role, role)] for role in data.splits}
+    roles = {role: split_map.get(role, role) for role in data.splits}
+    data.info["split_map"] = roles
+    data.info["same_text"] = sorted({r for r in roles if list(roles.values()).count(roles[r]) > 1})
+    return data
 
 
 def cache_root() -> Path:
@@ -114,7 +155,9 @@ def resolve_roles(source: TextSource, split_map: dict[str, str]) -> dict[str, st
             looked = source.looked_for.get(split) or sorted(source.splits)
             hint = "" if role not in mapping else f" (mapped from {role!r} by --split-map)"
             available = sorted(source.splits)
-            example = f", e.g. --split-map {role}={available[0]}" if available else ""
+            # never suggest reading the test split for another role
+            usable = [s for s in ("valid", "train", "test") if s in source.splits and (s != "test" or role == "test")]
+            example = f", e.g. --split-map {role}={usable[0]}" if usable else ""
             raise UsageError(
                 f"dataset {source.dataset!r}: no {split!r} split{hint}; looked for: {', '.join(looked)}. "
                 f"Available: {', '.join(available) or 'none'}. Map a role onto an available split "
@@ -126,7 +169,7 @@ def resolve_roles(source: TextSource, split_map: dict[str, str]) -> dict[str, st
 
 def build_lm_data(source: TextSource, request: DataRequest) -> LMData:
     """Tokenize ``source`` for ``request`` (tokenizer, split map, budgets), through the cache."""
-    roles = resolve_roles(source, parse_split_map(dict(request.split_map)))
+    roles = resolve_roles(source, parse_split_map(dict(request.split_map), allow_test=True))
     root = cache_root() / "tokens" / source.dataset
     budgets = {"train": request.train_tokens + request.seq_len + 1 if source.streaming else None}
     eval_budget = request.eval_tokens or STREAM_EVAL_TOKENS
@@ -148,6 +191,8 @@ def build_lm_data(source: TextSource, request: DataRequest) -> LMData:
             "split_map": roles,
             "streaming": source.streaming,
             "token_budgets": budgets,
+            "vocabulary_fitted_on": roles["train"] if needs_training(request.tokenizer) else None,
+            "same_text": same,
             **({"warning": f"splits {', '.join(same)} read the same text"} if same else {}),
         },
         tokenizer=tokenizer,
@@ -192,7 +237,7 @@ def tokenize_split(dataset: str, name: str, split: TextSplit, tokenizer: Tokeniz
     if meta is None:
         meta = _write_entry(split, tokenizer, budget, bin_path, meta_path, key, f"{dataset}/{name}")
     stream = np.memmap(bin_path, dtype=np.int32, mode="c", shape=(meta["length"],))
-    info = {k: meta[k] for k in ("documents", "lines", "words", "bytes", "tokens", "budget")}
+    info = {k: meta[k] for k in (*STATS, "tokens", "budget")}
     info["stopped_at_budget"] = meta["truncated"]
     info.update(source_split=name, origin=split.origin, vocab_size=tokenizer.vocab_size, cache=str(bin_path))
     return TokenSplit(torch.from_numpy(stream), info=info)
@@ -212,6 +257,9 @@ def _valid_entry(bin_path: Path, meta_path: Path, key: str) -> dict[str, Any] | 
         return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("key") == key and not all(k in meta for k in STATS):
+            log.info("token cache entry %s predates a statistic mkeval now records; rebuilding it", bin_path)
+            return None
         ok = (meta.get("key") == key and bin_path.stat().st_size == 4 * meta["length"]
               and _checksum(bin_path) == meta["checksum"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -227,7 +275,8 @@ def _write_entry(split: TextSplit, tokenizer: Tokenizer, budget: int | None, bin
     """Tokenize documents into ``bin_path`` in chunks: memory stays bounded whatever the source's size."""
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
-    stats = {"documents": 0, "lines": 0, "words": 0, "bytes": 0}
+    stats = dict.fromkeys(STATS, 0)
+    unk = tokenizer.info.get("unk_id")
     length, truncated = 0, False
     buffer: list[int] = [tokenizer.eos_id]
     try:
@@ -240,7 +289,10 @@ def _write_entry(split: TextSplit, tokenizer: Tokenizer, budget: int | None, bin
                 stats["documents"] += 1
                 stats["lines"] += doc.count("\n") + 1
                 stats["words"] += len(doc.split())
+                stats["lm_eval_words"] += lm_eval_words(doc)
                 stats["bytes"] += len(doc.encode("utf-8"))
+                if unk is not None:
+                    stats["unk_tokens"] += ids.count(unk)
                 buffer.extend(ids)
                 if len(buffer) >= _CHUNK:
                     np.asarray(buffer, dtype=np.int32).tofile(f)

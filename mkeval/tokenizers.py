@@ -33,6 +33,10 @@ class Tokenizer:
     info: dict[str, Any] = field(default_factory=dict)
     # ids and each token's (start, end) character span in the text (for span answers, e.g. SQuAD)
     encode_offsets: Callable[[str], tuple[list[int], list[tuple[int, int]]]] | None = None
+    # what rebuilds it: the word list (word), the BPE JSON (bpe), the folder (hf), None (byte);
+    # ``mkeval.checkpoint`` writes it into a checkpoint as tokenizer.json
+    state: Any = None
+    decode: Callable[[list[int]], str] | None = None  # ids -> text (for generation)
 
 
 def _digest(*parts: Any) -> str:
@@ -69,7 +73,13 @@ def word_tokenizer(words: list[str], name: str = "word") -> Tokenizer:
         spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", doc)]
         return [vocab.get(doc[a:b], unk) for a, b in spans], spans
 
-    return Tokenizer(name, len(vocab), eos, encode, _digest("word", words), {"unk_id": unk}, encode_offsets)
+    itos = {i: w for w, i in vocab.items()}
+
+    def decode(ids: list[int]) -> str:
+        return " ".join(itos[i] for i in ids)
+
+    return Tokenizer(name, len(vocab), eos, encode, _digest("word", words), {"unk_id": unk}, encode_offsets,
+                     state=list(words), decode=decode)
 
 
 def byte_tokenizer() -> Tokenizer:
@@ -83,7 +93,7 @@ def byte_tokenizer() -> Tokenizer:
         return ids, spans
 
     return Tokenizer("byte", 256, 10, lambda doc: list(doc.encode("utf-8")), _digest("byte-v1"),
-                     encode_offsets=encode_offsets)
+                     encode_offsets=encode_offsets, decode=lambda ids: bytes(ids).decode("utf-8", errors="replace"))
 
 
 def train_bpe(train_docs: Iterable[str], vocab_size: int) -> str:
@@ -110,7 +120,8 @@ def bpe_tokenizer(state: str, name: str) -> Tokenizer:
         return enc.ids, [tuple(o) for o in enc.offsets]
 
     return Tokenizer(name, tok.get_vocab_size(), tok.token_to_id(EOS), lambda doc: tok.encode(doc).ids,
-                     _digest("bpe", state), {"trained_on": "train split"}, encode_offsets)
+                     _digest("bpe", state), {"trained_on": "train split"}, encode_offsets, state=state,
+                     decode=lambda ids: tok.decode(ids, skip_special_tokens=False))
 
 
 def hf_tokenizer(path: str) -> Tokenizer:
@@ -134,7 +145,8 @@ def hf_tokenizer(path: str) -> Tokenizer:
         return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
 
     return Tokenizer(f"hf:{path}", len(tok), eos, lambda doc: tok(doc, add_special_tokens=False)["input_ids"], fp,
-                     encode_offsets=encode_offsets if getattr(tok, "is_fast", False) else None)
+                     encode_offsets=encode_offsets if getattr(tok, "is_fast", False) else None, state=str(path),
+                     decode=lambda ids: tok.decode(ids))
 
 
 def parse_spec(spec: str) -> tuple[str, int | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from .evaluation import LMEval, evaluate_lm
 from .measure import Stopwatch
 from .precision import autocast, grad_scaler
 from .protocol import Protocol
+from .results import atomic_write
 from .specs import PrecisionSpec
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,69 @@ class TrainOutcome:
     wall_seconds: float = 0.0  # steps and periodic validation
     tokens_trained: int = 0
     no_decay: list[str] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)  # steps this cell was resumed from after a stop
 
     @property
     def best_eval(self) -> LMEval:
         return self.val_evals[self.eval_steps.index(self.best_step)]
+
+
+STATE_FORMAT = 1
+WEIGHTS_FILE = "model.safetensors"  # the best checkpoint's weights, in the cell's checkpoint directory
+STATE_FILE = "training_state.pt"  # the loop's state while the cell trains; removed when it finishes
+
+
+def _state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                outcome: TrainOutcome, step: int, loop: dict[str, Any], identity: str) -> dict[str, Any]:
+    """Everything the loop needs to continue after ``step`` steps exactly as if never stopped."""
+    return {
+        "format": STATE_FORMAT, "identity": identity, "step": step,
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "outcome": {
+            "interval_losses": list(outcome.interval_losses), "eval_steps": list(outcome.eval_steps),
+            "val_evals": [[e.nll, e.tokens, e.correct] for e in outcome.val_evals],
+            "best_step": outcome.best_step, "skipped_nonfinite": outcome.skipped_nonfinite,
+            "train_seconds": outcome.train_seconds, "wall_seconds": outcome.wall_seconds,
+            "tokens_trained": outcome.tokens_trained, "resumed_at": list(outcome.resumed_at),
+        },
+        "loop": dict(loop),
+    }
+
+
+def read_state(path: Path, identity: str) -> dict[str, Any] | None:
+    """A saved training state for this cell (``identity``: its hash), or None when absent or not this cell's."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    except Exception as exc:  # a state from an older mkeval or a damaged disk: start over, say so
+        log.warning("training state %s cannot be read (%s); the cell starts from step 0", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("identity") != identity:
+        log.warning("training state %s belongs to another cell or format; the cell starts from step 0", path)
+        return None
+    return state
+
+
+def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, outcome: TrainOutcome) -> dict[str, Any]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    saved = state["outcome"]
+    outcome.interval_losses = list(saved["interval_losses"])
+    outcome.eval_steps = list(saved["eval_steps"])
+    outcome.val_evals = [LMEval(nll, tokens, correct) for nll, tokens, correct in saved["val_evals"]]
+    for key in ("best_step", "skipped_nonfinite", "train_seconds", "wall_seconds", "tokens_trained"):
+        setattr(outcome, key, saved[key])
+    outcome.resumed_at = list(saved["resumed_at"]) + [state["step"]]
+    return dict(state["loop"])
 
 
 def train(
@@ -94,26 +153,37 @@ def train(
     device: torch.device,
     checkpoint: Path,
     progress: Progress | None = None,
+    state_path: Path | None = None,
+    resume_from: dict[str, Any] | None = None,
+    identity: str = "",
 ) -> TrainOutcome:
-    """Train ``model`` for the protocol's budget; the best validation checkpoint is saved to ``checkpoint``."""
+    """Train ``model`` for the protocol's budget; the best validation checkpoint is saved to ``checkpoint``.
+
+    Every ``protocol.checkpoint_interval`` steps the whole loop state is saved to ``state_path``
+    (atomically); ``resume_from`` (``read_state``'s result) continues from such a state and gives
+    the same numbers, bit for bit on a CPU, as a run that was never stopped.
+    """
     steps = protocol.steps(seq_len)
     groups, no_decay = parameter_groups(model, protocol.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=protocol.lr, betas=protocol.betas, eps=protocol.eps)
     scaler = grad_scaler(precision, device)
     outcome = TrainOutcome(steps=steps, no_decay=no_decay)
-    batches = training_batches(train_windows, protocol.batch_size, seed)
-    step_timer = Stopwatch(device)
-    wall_timer = Stopwatch(device)
-    consecutive_bad = 0
-    interval_sum, interval_count = 0.0, 0
-    best_loss = math.inf
+    loop = {"consecutive_bad": 0, "interval_sum": 0.0, "interval_count": 0, "best_loss": math.inf}
+    start = 0
+    if resume_from is not None:
+        loop = _restore(resume_from, model, optimizer, scaler, outcome)
+        start = resume_from["step"]
+        log.info("resuming training at step %d of %d", start, steps)
+    batches = training_batches(train_windows, protocol.batch_size, seed, start=start)
+    step_timer = Stopwatch(device, outcome.train_seconds)
+    wall_timer = Stopwatch(device, outcome.wall_seconds)
     if protocol.grad_checkpointing:
         if not callable(getattr(model, "set_gradient_checkpointing", None)):
             raise CellFailed("grad_checkpointing: the model has no set_gradient_checkpointing(enabled) method")
         model.set_gradient_checkpointing(True)
     model.train()
     with wall_timer:
-        for step in range(steps):
+        for step in range(start, steps):
             batch = next(batches)
             for group in optimizer.param_groups:  # the schedule follows the step index, skipped batches included
                 group["lr"] = protocol.lr * lr_factor(step, steps, protocol)
@@ -130,15 +200,15 @@ def train(
                 if not math.isfinite(float(total.detach())):
                     optimizer.zero_grad(set_to_none=True)
                     outcome.skipped_nonfinite += 1
-                    consecutive_bad += 1
-                    log.warning("step %d: non-finite loss, batch skipped (%d in a row)", step, consecutive_bad)
-                    if consecutive_bad >= protocol.max_nonfinite:
+                    loop["consecutive_bad"] += 1
+                    log.warning("step %d: non-finite loss, batch skipped (%d in a row)", step, loop["consecutive_bad"])
+                    if loop["consecutive_bad"] >= protocol.max_nonfinite:
                         raise CellFailed(
-                            f"training loss was non-finite for {consecutive_bad} consecutive batches "
+                            f"training loss was non-finite for {loop['consecutive_bad']} consecutive batches "
                             f"(last at step {step}); lower --lr or use a more stable precision"
                         )
                 else:
-                    consecutive_bad = 0
+                    loop["consecutive_bad"] = 0
                     scaler.scale(total).backward()
                     if protocol.grad_clip > 0:
                         scaler.unscale_(optimizer)
@@ -146,24 +216,32 @@ def train(
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
-                    interval_sum += loss_value
-                    interval_count += 1
+                    loop["interval_sum"] += loss_value
+                    loop["interval_count"] += 1
                     outcome.tokens_trained += inputs.numel()
             if progress is not None:
                 tps = outcome.tokens_trained / step_timer.seconds if step_timer.seconds else 0.0
                 progress("step", step=step + 1, steps=steps, loss=loss_value, tokens_per_second=tps)
             if (step + 1) % protocol.eval_interval == 0 or step + 1 == steps:
                 result = evaluate_lm(model, val_windows, protocol.batch_size, precision, device)
-                outcome.interval_losses.append(interval_sum / interval_count if interval_count else math.nan)
-                interval_sum, interval_count = 0.0, 0
+                count = loop["interval_count"]
+                outcome.interval_losses.append(loop["interval_sum"] / count if count else math.nan)
+                loop["interval_sum"], loop["interval_count"] = 0.0, 0
                 outcome.eval_steps.append(step + 1)
                 outcome.val_evals.append(result)
-                if math.isfinite(result.loss) and result.loss < best_loss:
-                    best_loss = result.loss
+                if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
+                    loop["best_loss"] = result.loss
                     outcome.best_step = step + 1
                     save_checkpoint(model, checkpoint)
                 if progress is not None:
                     progress("eval", step=step + 1, steps=steps, perplexity=result.perplexity)
+            interval = protocol.checkpoint_interval
+            if state_path is not None and interval and (step + 1) % interval == 0 and step + 1 < steps:
+                outcome.train_seconds, outcome.wall_seconds = step_timer.seconds, wall_timer.elapsed()
+                state = _state_dict(model, optimizer, scaler, outcome, step + 1, loop, identity)
+                atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+                if progress is not None:
+                    progress("saved_state", step=step + 1, steps=steps)
     outcome.train_seconds = step_timer.seconds
     outcome.wall_seconds = wall_timer.seconds
     if outcome.best_step < 0:
@@ -173,11 +251,12 @@ def train(
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Write the model's weights as safetensors, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    safetensors.torch.save_model(model, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: safetensors.torch.save_model(model, str(tmp)))
 
 
 def load_checkpoint(model: nn.Module, path: Path, device: torch.device) -> None:
+    """Load weights from a safetensors file, or from a cell's checkpoint directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
     safetensors.torch.load_model(model, str(path), device=str(device))

@@ -82,7 +82,7 @@ def test_run_then_report(tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert f"{data['test_perplexity']:.3f}" in md
     csv_lines = (out / "report.csv").read_text().splitlines()
-    assert len(csv_lines) == 2 and csv_lines[0].startswith("model,dataset")
+    assert len(csv_lines) == 2 and csv_lines[0].startswith("model_name,dataset")
 
 
 def test_report_on_an_empty_dir_exits_2(tmp_path):

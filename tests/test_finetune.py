@@ -12,7 +12,7 @@ from torch import nn
 
 from mkeval import Protocol
 from mkeval.finetune import finetune, join, make_kind, predict
-from mkeval.loglikelihood import context_for, encode_pair, score_prompt
+from mkeval.loglikelihood import context_for, encode_pair, fit_prompt, score_prompt
 from mkeval.models import build_model
 from mkeval.taskspec import LocalLayout, Prompt, TaskConfig
 from mkeval.tokenizers import byte_tokenizer, word_tokenizer
@@ -110,7 +110,54 @@ def test_prompt_scoring_sums_continuation_log_probabilities(fp32):
         assert rec["loglikelihoods"] == pytest.approx(expected, abs=1e-5)
         assert rec["prediction"] == "B"
     assert [r["reference"] for r in records] == ["B", "C"]
-    assert notes["choices_distinct_under_tokenizer"] and notes["ties"] == 0
+    assert "degenerate" not in notes and notes["ties"] == 0
+
+
+def test_options_the_tokenizer_cannot_tell_apart_are_not_scored(fp32):
+    """A word vocabulary without the letters maps " A".." D" to <unk>: every option would score the same."""
+    model = KnownLM([0.0] * 8)
+    tok = word_tokenizer(["what", "is", "it?", "Answer:"])
+    cfg = config(kind="multiple_choice", inputs=("{q}",), choices=("x", "y", "z", "w"), label="answer",
+                 labels=("A", "B", "C", "D"), prompt=Prompt(text="{q}\nAnswer:", choices=("A", "B", "C", "D")))
+    rows = rows_of([{"q": "what is it?", "answer": "B", "_label": 1}] * 3)
+    records, notes = score_prompt(model, cfg, tok, rows, [], 64, 8, fp32, torch.device("cpu"))
+    assert records is None
+    assert "unknown token in 3 of 3 examples" in notes["degenerate"]
+    tok2 = word_tokenizer(["what", "is", "it?", "Answer:", "A", "B", "C", "D"])
+    cfg2 = config(kind="multiple_choice", inputs=("{q}",), choices=("x", "y"), label="answer", labels=("A", "B"),
+                  prompt=Prompt(text="{q}\nAnswer:", choices=("A", "A")))
+    records, notes = score_prompt(model, cfg2, tok2, rows_of([{"q": "what", "answer": "B", "_label": 1}]), [], 64, 8,
+                                  fp32, torch.device("cpu"))
+    assert records is None and "two options encode to the same tokens" in notes["degenerate"]
+
+
+def test_ties_are_counted_and_marked_per_example(fp32):
+    model = KnownLM([0.0] * 256)  # every byte equally likely: every option ties
+    cfg = config(kind="multiple_choice", inputs=("{q}",), choices=("x", "y"), label="answer", labels=("A", "B"),
+                 prompt=Prompt(text="{q}\nAnswer:", choices=("A", "B")))
+    rows = rows_of([{"q": "q", "answer": "B", "_label": 1}, {"q": "r", "answer": "A", "_label": 0}])
+    records, notes = score_prompt(model, cfg, byte_tokenizer(), rows, [], 64, 8, fp32, torch.device("cpu"))
+    assert notes["ties"] == 2 and all(r["tie"] for r in records)
+
+
+def test_shots_that_do_not_fit_are_dropped_whole(fp32):
+    model = KnownLM([0.0] * 256)
+    cfg = config(kind="multiple_choice", inputs=("{q}",), choices=("x", "y"), label="answer", labels=("A", "B"),
+                 prompt=Prompt(text="Q: {q}\nAnswer:", choices=("A", "B")))
+    shots = rows_of([{"q": "x" * 20, "answer": "A", "_label": 0}, {"q": "y" * 20, "answer": "B", "_label": 1}])
+    short = rows_of([{"q": "z", "answer": "A", "_label": 0}])
+    tok = byte_tokenizer()
+    # "Q: z\nAnswer: A" is 14 bytes; each shot adds 30 ("Q: " + 20 + "\nAnswer: A" + "\n\n"): 44 fit, 74 do not
+    pairs, used, cut = fit_prompt(cfg, tok, short[0], shots, max_len=50)
+    assert used == 1 and not cut
+    text = bytes(pairs[0][0] + pairs[0][1]).decode()
+    assert text == "Q: " + "x" * 20 + "\nAnswer: A\n\nQ: z\nAnswer: A"  # the first shot, whole; no second
+    records, notes = score_prompt(model, cfg, tok, short, shots, 50, 8, fp32, torch.device("cpu"))
+    assert notes["effective_shots"] == {"mean": 1.0, "min": 1, "max": 1} and notes["prompts_with_fewer_shots"] == 1
+    assert notes["truncated_inputs"] == 0 and records[0]["shots"] == 1
+    long_q = rows_of([{"q": "w" * 80, "answer": "A", "_label": 0}])
+    _, used, cut = fit_prompt(cfg, tok, long_q[0], shots, max_len=50)
+    assert used == 0 and cut  # not even the question fits: it keeps its last tokens, and is counted
 
 
 def test_encode_pair_moves_trailing_spaces_to_the_continuation():

@@ -11,8 +11,15 @@ from mkeval.protocol import load_config
 
 def test_hash_is_sha256_of_canonical_json():
     p = Protocol()
-    canonical = json.dumps(p.to_dict(), sort_keys=True, separators=(",", ":"))
+    fields = {k: v for k, v in p.to_dict().items() if k != "checkpoint_interval"}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     assert p.hash == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_fields_that_cannot_change_a_number_are_not_hashed():
+    # how often a training state is saved changes no number, so results stay resumable when it changes
+    assert Protocol(checkpoint_interval=10).hash == Protocol(checkpoint_interval=0).hash
+    assert Protocol(checkpoint_interval=10).to_dict()["checkpoint_interval"] == 10
 
 
 def test_hash_is_stable_and_sensitive():

@@ -19,7 +19,9 @@ pytest.importorskip("torchao")
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("quant")
+    # each model at its preset size (whose widths are multiples of int4's group of 32)
     result = mkeval.run(models="transformer,bk,mamba", bits="32,8,4", output_dir=out, batch_size=8, seq_len=32,
+                        match_params="none",
                         train_tokens=8 * 32 * 12, eval_interval=6, warmup_steps=2, eval_tokens=1024,
                         test_tokens=2048)
     return out, result
@@ -29,7 +31,7 @@ def test_each_model_trains_once_and_every_precision_evaluates_that_checkpoint(sw
     out, result = sweep
     assert not result.failed
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert checkpoints == [f"{m}_markov_seq32_bits32.safetensors" for m in ("bk", "mamba", "transformer")]
+    assert checkpoints == [f"{m}_markov_seq32_bits32" for m in ("bk", "mamba", "transformer")]
     by = {(r.model_name, r.precision): r for r in result.results}
     for model in ("transformer", "bk", "mamba"):
         base = by[(model, "fp32")]
@@ -115,9 +117,11 @@ def test_the_report_shows_perplexity_by_precision(sweep):
     proc = subprocess.run([sys.executable, "-m", "mkeval", "report", str(out)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0
-    rows = [line for line in proc.stdout.splitlines() if "markov" in line]
-    assert {(m, p) for m in ("bk", "mamba") for p in ("fp32", "int8", "int4")} <= {
-        (line.split("│")[1].strip(), line.split("│")[4].strip()) for line in rows}
+    rows = [[c.strip() for c in line.split("│")] for line in proc.stdout.splitlines() if "markov" in line]
+    # columns: model, dataset, seq, trained at, eval at ("=": at the training precision)
+    shown = {(r[1], r[5] if r[5] != "=" else r[4]) for r in rows}
+    assert {(m, p) for m in ("bk", "mamba") for p in ("fp32", "int8", "int4")} <= shown
+    assert all(r[4] == "fp32" for r in rows)  # every row says what its checkpoint was trained at
 
 
 def test_layers_a_model_marks_stay_in_high_precision_and_are_listed(registry):
@@ -150,3 +154,40 @@ def test_an_evaluation_cell_hash_follows_the_checkpoint_it_evaluates(tmp_path):
 
     assert int8_hash("fp16,int8") != int8_hash("bf16,int8")
     assert int8_hash("fp32,int8") == int8_hash("fp32,int8")
+
+
+def _plugin_precision(registry, name, returns):
+    from helpers import bigram_spec
+
+    def quantize(model):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())  # a real (if coarse) rounding of the weights
+        return returns
+
+    registry.add(bigram_spec())
+    registry.add(mkeval.PrecisionSpec(name=name, bits=6, quantize=quantize, description="test rounding"))
+
+
+def test_a_plugin_quantize_that_returns_no_bytes_is_measured(registry, tiny_protocol, tmp_path):
+    _plugin_precision(registry, "round6", {"scheme": "bf16 rounding"})
+    result = mkeval.run(models="bigram", precisions="fp32,round6", protocol=tiny_protocol, output_dir=tmp_path,
+                        registry=registry, device="cpu")
+    assert not result.failed, [c.error for c in result.failed]
+    q = result.results[1].quantization
+    model = build_model("bigram", result.results[0].config["dataset"]["vocab_size"], 16, registry=registry)
+    assert q["bytes_after"] == sum(p.numel() * 4 for p in model.parameters())  # fp32 storage, measured by mkeval
+    assert q["bytes_after_measured_by"] == "mkeval" and q["scheme"] == "bf16 rounding"
+
+
+@pytest.mark.parametrize("returns,words", [(None, "returned NoneType; it must return a dict"),
+                                           ({"bytes_after": -3}, "bytes_after=-3"),
+                                           ({"bytes_after": "big"}, "bytes_after='big'")])
+def test_a_plugin_quantize_returning_garbage_fails_its_cell_naming_the_plugin(registry, tiny_protocol, tmp_path,
+                                                                           returns, words):
+    _plugin_precision(registry, "bad6", returns)
+    result = mkeval.run(models="bigram", precisions="fp32,bad6", protocol=tiny_protocol, output_dir=tmp_path,
+                        registry=registry, device="cpu")
+    assert [c.status for c in result.cells] == ["ok", "failed"]
+    error = result.cells[1].error
+    assert "precision 'bad6' (plugin 'python'" in error and words in error

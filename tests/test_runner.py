@@ -98,9 +98,34 @@ def test_multi_dataset_summary(reg, tiny_protocol, tmp_path):
     result = _run(reg, tiny_protocol, tmp_path, datasets="markov,mqar")
     data = json.loads((tmp_path / "bigram_multi_dataset.json").read_text())
     ppl = {r.dataset: r.test_perplexity for r in result.results}
-    assert data["datasets"]["markov"]["perplexity"] == pytest.approx(ppl["markov"])
+    assert data["datasets"]["markov"]["perplexity"]["mean"] == pytest.approx(ppl["markov"])
     assert data["mean_perplexity"] == pytest.approx((ppl["markov"] + ppl["mqar"]) / 2)
     assert data["std_perplexity"] == pytest.approx(abs(ppl["markov"] - ppl["mqar"]) / 2)
+
+
+def test_summaries_never_mix_precisions_and_give_seed_statistics(reg, tiny_protocol, tmp_path):
+    """The finding: a dataset's 'perplexity' was the mean over fp16, fp32 and int8 cells (and seeds)."""
+    import statistics
+
+    from scipy import stats
+
+    result = _run(reg, tiny_protocol, tmp_path, datasets="markov,mqar", precisions="fp32,int8", seeds="0,1,2")
+    data = json.loads((tmp_path / "bigram_multi_dataset.json").read_text())
+    assert data["mean_perplexity"] is None and len(data["groups"]) == 2  # two evaluation precisions: two groups
+    for group in data["groups"]:
+        assert group["seq_len"] == 16 and group["seeds"] == [0, 1, 2] and group["complete"]
+        means = []
+        for dataset, entry in group["datasets"].items():
+            mine = [r.test_perplexity for r in result.results
+                    if r.dataset == dataset and r.precision == group["evaluated_at"]]
+            assert len(mine) == 3
+            p = entry["perplexity"]
+            assert p["mean"] == pytest.approx(statistics.fmean(mine)) and p["n"] == 3
+            assert p["std"] == pytest.approx(statistics.stdev(mine))
+            half = stats.t.ppf(0.975, 2) * statistics.stdev(mine) / 3 ** 0.5
+            assert p["ci95"] == pytest.approx([p["mean"] - half, p["mean"] + half])
+            means.append(p["mean"])
+        assert group["mean_perplexity"] == pytest.approx(statistics.fmean(means))
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path, monkeypatch):
@@ -269,7 +294,7 @@ def test_a_failing_dataset_is_recorded_and_the_others_continue(reg, tiny_protoco
     summary = json.loads((tmp_path / "bigram_multi_dataset.json").read_text())
     assert "too short" in summary["failed"]["selective-copy"]
     assert summary["complete"] is False and summary["mean_perplexity"] is None
-    assert summary["datasets"]["markov"]["perplexity"] == result.results[0].test_perplexity
+    assert summary["datasets"]["markov"]["perplexity"]["mean"] == result.results[0].test_perplexity
 
 
 def test_duplicate_lengths_or_seeds_are_refused(tmp_path):

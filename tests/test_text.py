@@ -3,6 +3,7 @@
 import gzip
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -254,10 +255,18 @@ def test_word_perplexity_and_bits_per_byte_by_hand(registry, tmp_path):
         protocol, 8, tmp_path, {"train": "valid"})).splits["test"].tokens.long()
     with torch.no_grad():
         logp = torch.log_softmax(model(stream[None, :-1])[0].double(), -1)
-    nll = float(-logp.gather(1, stream[1:, None]).sum())
+    token_nll = -logp.gather(1, stream[1:, None])[:, 0]
+    nll = float(token_nll.sum())
     assert nll == pytest.approx(r.test_loss * r.test_tokens, rel=1e-6)
-    assert r.test_word_perplexity == pytest.approx(math.exp(nll / words))
-    assert r.test_bits_per_byte == pytest.approx(nll / (nbytes * math.log(2)))
+    # lm-evaluation-harness's definitions: each document (line) scored after <eos> with no <eos>
+    # target of its own (for a bigram model: the stream's NLL without its <eos> targets), over
+    # re.split(r"\s+") words and the documents' UTF-8 bytes
+    eos = int(stream[0])
+    doc_nll = float(token_nll[stream[1:] != eos].sum())
+    lm_eval_words = sum(len(re.split(r"\s+", l)) for l in lines)
+    assert lm_eval_words == words  # no line has leading or trailing spaces
+    assert r.test_word_perplexity == pytest.approx(math.exp(doc_nll / lm_eval_words))
+    assert r.test_bits_per_byte == pytest.approx(doc_nll / (nbytes * math.log(2)))
     assert r.config["dataset"]["info"]["split_map"]["train"] == "valid"
     assert r.config["dataset"]["info"]["warning"] == "splits train, valid read the same text"
 

@@ -1,11 +1,15 @@
 """ResNet-BK for mkeval: the ``bk`` model, the resolvent-diagonal op it mixes tokens with,
-and the ``bk-core`` benchmark of that op. See ``docs/bk.md``."""
+and the ``bk-core`` benchmark of that op. See ``docs/bk.md``.
+
+``hf.py`` holds its ``transformers`` classes; importing mkeval (which this plugin does) registers
+them with ``AutoModelForCausalLM`` as soon as ``transformers`` loads its auto classes, through
+this distribution's ``mkeval.transformers`` entry point."""
 
 from __future__ import annotations
 
 import mkeval
 
-from .model import PRESETS, BKConfig, BKLanguageModel, build
+from .model import OPTIONS, PRESETS, BKConfig, BKLanguageModel, build
 from .ops import (
     BACKENDS,
     FLOP_FORMULAS,
@@ -29,6 +33,13 @@ __all__ = [
 ]
 
 
+def to_transformers(model: BKLanguageModel):
+    """A ``transformers`` ``BKForCausalLM`` (``hf.py``) holding ``model``'s weights."""
+    from .hf import to_transformers as convert
+
+    return convert(model)
+
+
 @mkeval.hookimpl
 def register_models(register):
     register(
@@ -38,8 +49,10 @@ def register_models(register):
             sizes=tuple(PRESETS),
             default_size="tiny",
             size_knob="d_model",
+            options=OPTIONS,
             max_seq_len=None,
             description="ResNet-BK: tridiagonal-resolvent token mixing (causal BK recursion) and top-k MoE",
+            to_transformers=to_transformers,
         )
     )
 

@@ -246,6 +246,22 @@ class BKLanguageModel(nn.Module):
         losses = [b.moe.aux_loss for b in self.blocks if b.moe.aux_loss is not None]
         return torch.stack(losses).sum() if losses else None
 
+    def active_parameters(self) -> int:
+        """Non-embedding parameters acting on one token: each token's output mixes only its
+        ``top_k`` of ``n_experts`` experts (the others run, gated to zero, only so that shapes do
+        not depend on routing), so the experts count ``top_k / n_experts`` of their size."""
+        cfg = self.config
+        embedding = self.embed.weight.numel()
+        total = sum(p.numel() for p in self.parameters()) - embedding
+        experts = sum(p.numel() for b in self.blocks for m in (b.moe.experts_in, b.moe.experts_out)
+                      for p in m.parameters())
+        return total - experts + experts * cfg.top_k // cfg.n_experts
+
+    def recurrent_state(self) -> dict[str, int]:
+        """Generating token by token, each layer carries the causal recursion's last ``g`` (one
+        complex number, two floats) per channel: nothing grows with the context."""
+        return {"fixed": 2 * self.config.n_channels * self.config.n_layers, "per_token": 0}
+
     def no_weight_decay(self) -> set[str]:
         """The spectral parameters (shifts z, onsite terms, couplings): decay would pull them to 0."""
         names = ("z_re", "z_im_raw", "onsite", "coupling")
@@ -254,6 +270,7 @@ class BKLanguageModel(nn.Module):
 
 # --------------------------------------------------------------------------- building
 _OPTIONS = {f.name for f in fields(BKConfig)} - {"vocab_size", "max_seq_len"}
+OPTIONS = tuple(sorted(_OPTIONS | {"target_params"}))  # what build() accepts, declared to the registry
 
 
 def non_embedding_params(cfg: BKConfig) -> int:

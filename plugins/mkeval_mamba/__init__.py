@@ -5,7 +5,8 @@ The model is ``mamba_ssm``'s language model (``model.py``). Its selective scan r
 and on a pure-PyTorch O(L) chunked scan everywhere else (``scan.py``; choose with
 ``MKEVAL_MAMBA_BACKEND``, see ``backend.py``). ``from_transformers`` and
 ``to_transformers`` move weights to and from ``transformers``' ``MambaForCausalLM``.
-See ``docs/mamba.md``.
+The scan is a ``torch.library`` custom op whose FLOP formulas the plugin registers
+(``register_flop_formulas``; see ``docs/flops.md``). See ``docs/mamba.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .backend import ENV_VAR, BackendUnavailable
 from .bench import run_scan_benchmark
 from .convert import from_transformers, to_transformers
 from .model import MambaConfig, MambaLM
+from .scan import FLOP_FORMULAS
 
 __all__ = [
     "ENV_VAR",
@@ -69,10 +71,18 @@ def register_models(register):
             sizes=tuple(SIZES),
             default_size="tiny",
             size_knob="d_model",
+            options=tuple(_OPTIONS),
             max_seq_len=None,
             description="Mamba-1 (mamba_ssm's LM): fused CUDA kernels or an O(L) PyTorch scan (MKEVAL_MAMBA_BACKEND)",
+            to_transformers=to_transformers,
         )
     )
+
+
+@mkeval.hookimpl
+def register_flop_formulas(register):
+    for op, formula in FLOP_FORMULAS.items():
+        register(op, formula)
 
 
 @mkeval.hookimpl

@@ -82,7 +82,9 @@ def to_transformers(model: MambaLM):
         layer_norm_epsilon=c.norm_eps,
         hidden_act="silu",
         residual_in_fp32=True,
-        rescale_prenorm_residual=c.rescale_prenorm_residual,
+        # an initialisation flag only, and one that transformers 5's from_pretrained applies to the
+        # loaded out_proj weights again (dividing them by sqrt(n_layer)): the weights here are final
+        rescale_prenorm_residual=False,
         tie_word_embeddings=True,
         use_cache=False,
     )

@@ -188,6 +188,12 @@ class MambaLM(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.linear(self.hidden_states(input_ids), self.backbone.embedding.weight)
 
+    def recurrent_state(self) -> dict[str, int]:
+        """Per layer: the convolution's last ``d_conv - 1`` inputs and the SSM state
+        (``d_inner x d_state``), as ``mamba_ssm``'s inference cache holds them."""
+        c = self.config
+        return {"fixed": c.n_layer * c.d_inner * (c.d_conv - 1 + c.d_state), "per_token": 0}
+
     def no_weight_decay(self) -> set[str]:
         """A_log and D, as in ``mamba_ssm`` (norms, biases and embeddings the core excludes itself)."""
         return {name for name, _ in self.named_parameters() if name.endswith((".mixer.A_log", ".mixer.D"))}

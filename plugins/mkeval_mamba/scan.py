@@ -10,8 +10,9 @@ and compute, per channel d and state n,
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,    y_t = C_t . h_t + D u_t,    out_t = y_t * silu(z_t).
 
 ``selective_scan_ref`` is the spec (a loop over time, as in ``mamba_ssm``). ``selective_scan``
-is what runs on CPU, and on GPUs without ``mamba-ssm``: the same maths as one autograd
-``Function`` with a hand-written backward, like ``mamba_ssm``'s kernel.
+is what runs on CPU, and on GPUs without ``mamba-ssm``: the same maths as one
+``torch.library`` custom op with a hand-written backward (a second custom op), like
+``mamba_ssm``'s kernel, and FLOP formulas for both that count the maths (``docs/flops.md``).
 
 Why hand-written: torch has no linear-recurrence op, and the loop form is slow in both
 directions (``transformers``' CPU path indexes one step at a time, and each index's backward
@@ -27,9 +28,11 @@ layer's saved activations are O(L * batch * dim), not O(L * batch * dim * state)
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -151,84 +154,199 @@ class _Discretized:
         return x.view(self.n_chunks, -1, x[0].numel())
 
 
-class SelectiveScanFn(torch.autograd.Function):
-    """``selective_scan_ref`` with O(L) vectorised work and a hand-written backward.
+def _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+    """The output, and what backward needs: the state entering each chunk and y before gating."""
+    length = u.shape[-1]
+    p = _Discretized(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
+    enter = _chunk_entry_states(p.chunks(p.a), p.chunks(p.bu))
+    h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
+    y = torch.einsum("lbdn,lbn->lbd", h, p.C)[:length].permute(1, 2, 0)
+    if D is not None:
+        y = y + p.u[:length].permute(1, 2, 0) * D[:, None].to(y.dtype)
+    out = y if z is None else y * F.silu(z.to(y.dtype))
+    return out.to(u.dtype), enter, y
 
-    Saves only the inputs, the output before gating and one state per chunk, and recomputes
-    the (L, batch, dim, state) tensors in backward, as ``mamba_ssm``'s kernel does.
-    """
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
-        length = u.shape[-1]
-        p = _Discretized(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
-        enter = _chunk_entry_states(p.chunks(p.a), p.chunks(p.bu))
-        h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
-        y = torch.einsum("lbdn,lbn->lbd", h, p.C)[:length].permute(1, 2, 0)
-        if D is not None:
-            y = y + p.u[:length].permute(1, 2, 0) * D[:, None].to(y.dtype)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, enter, y)
-        ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
-        out = y if z is None else y * F.silu(z.to(y.dtype))
-        return out.to(u.dtype)
+def _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size):
+    """Gradients for ``u, delta, A, B, C, D, z, delta_bias`` (None for an absent input)."""
+    length = u.shape[-1]
+    p = _Discretized(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
+    h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
+    grad_out = grad_out.to(y.dtype)
+    grad_z = None
+    if z is not None:
+        zf = z.to(y.dtype)
+        sig = torch.sigmoid(zf)
+        grad_z = (grad_out * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+        grad_out = grad_out * zf * sig
+    grad_D = None if D is None else (grad_out * p.u[:length].permute(1, 2, 0)).sum((0, 2)).to(D.dtype)
+    pad = p.u.shape[0] - length
+    grad_y = F.pad(grad_out, (0, pad)).permute(2, 0, 1).contiguous()  # (L', batch, dim)
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        u, delta, A, B, C, D, z, delta_bias, enter, y = ctx.saved_tensors
-        length = u.shape[-1]
-        p = _Discretized(u, delta, A, B, C, delta_bias, ctx.delta_softplus, ctx.chunk_size)
-        h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
-        grad_out = grad_out.to(y.dtype)
-        grad_z = None
-        if z is not None:
-            zf = z.to(y.dtype)
-            sig = torch.sigmoid(zf)
-            grad_z = (grad_out * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
-            grad_out = grad_out * zf * sig
-        grad_D = None if D is None else (grad_out * p.u[:length].permute(1, 2, 0)).sum((0, 2)).to(D.dtype)
-        pad = p.u.shape[0] - length
-        grad_y = F.pad(grad_out, (0, pad)).permute(2, 0, 1).contiguous()  # (L', batch, dim)
+    grad_C = torch.einsum("lbdn,lbd->lbn", h, grad_y)
+    g = grad_y.unsqueeze(-1) * p.C.unsqueeze(2)  # dL/dh_t from y_t only ...
+    _run_chunks_reverse(p.chunks(p.a), p.chunks(g), _chunk_entry_adjoints(p.chunks(p.a), p.chunks(g)))
+    # ... and now through the recurrence: dL/dh_t, which is also dL/d(dt B u)_t.
+    grad_dtu = torch.einsum("lbdn,lbn->lbd", g, p.B)
+    grad_B = torch.einsum("lbdn,lbd->lbn", g, p.dtu)
+    # dL/d(dt A)_t = dL/dh_t * h_{t-1} * a_t, in place.
+    g[1:].mul_(h[:-1])
+    g[0].zero_()
+    g.mul_(p.a)
+    grad_A = torch.einsum("lbdn,lbd->dn", g, p.dt)
+    grad_dt = torch.einsum("lbdn,dn->lbd", g, p.A) + grad_dtu * p.u
+    grad_u = grad_dtu * p.dt
 
-        grad_C = torch.einsum("lbdn,lbd->lbn", h, grad_y)
-        g = grad_y.unsqueeze(-1) * p.C.unsqueeze(2)  # dL/dh_t from y_t only ...
-        _run_chunks_reverse(p.chunks(p.a), p.chunks(g), _chunk_entry_adjoints(p.chunks(p.a), p.chunks(g)))
-        # ... and now through the recurrence: dL/dh_t, which is also dL/d(dt B u)_t.
-        grad_dtu = torch.einsum("lbdn,lbn->lbd", g, p.B)
-        grad_B = torch.einsum("lbdn,lbd->lbn", g, p.dtu)
-        # dL/d(dt A)_t = dL/dh_t * h_{t-1} * a_t, in place.
-        g[1:].mul_(h[:-1])
-        g[0].zero_()
-        g.mul_(p.a)
-        grad_A = torch.einsum("lbdn,lbd->dn", g, p.dt)
-        grad_dt = torch.einsum("lbdn,dn->lbd", g, p.A) + grad_dtu * p.u
-        grad_u = grad_dtu * p.dt
+    def batch_major(x):
+        return x[:length].permute(1, 2, 0)
 
-        def batch_major(x):
-            return x[:length].permute(1, 2, 0)
+    grad_u = batch_major(grad_u)
+    if D is not None:
+        grad_u = grad_u + grad_out * D[:, None].to(y.dtype)
+    grad_delta = batch_major(grad_dt)
+    if delta_softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
+        grad_delta = grad_delta * torch.where(p.delta > 20, 1.0, torch.sigmoid(p.delta))
+    grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
+    return (
+        grad_u.to(u.dtype),
+        grad_delta.to(delta.dtype),
+        grad_A.to(A.dtype),
+        batch_major(grad_B).to(B.dtype),
+        batch_major(grad_C).to(C.dtype),
+        grad_D,
+        grad_z,
+        grad_bias,
+    )
 
-        grad_u = batch_major(grad_u)
-        if D is not None:
-            grad_u = grad_u + grad_out * D[:, None].to(y.dtype)
-        grad_delta = batch_major(grad_dt)
-        if ctx.delta_softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
-            grad_delta = grad_delta * torch.where(p.delta > 20, 1.0, torch.sigmoid(p.delta))
-        grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
-        return (
-            grad_u.to(u.dtype),
-            grad_delta.to(delta.dtype),
-            grad_A.to(A.dtype),
-            batch_major(grad_B).to(B.dtype),
-            batch_major(grad_C).to(C.dtype),
-            grad_D,
-            grad_z,
-            grad_bias,
-            None,
-            None,
-        )
+
+# --------------------------------------------------------------------------- custom ops
+# The scan is a ``torch.library`` custom op (forward and backward each one op) rather than an
+# autograd.Function so that FlopCounterMode sees it as one op and counts it by the formulas
+# below; as a Function, the counter saw only its einsums and none of its elementwise work.
+# Forward saves only its inputs, the ungated output and one state per chunk; backward
+# recomputes the (L, batch, dim, state) tensors, as mamba_ssm's kernel does. Both ops are
+# opaque to torch.compile. Their fake kernels are the real code run on fake tensors, so fake
+# and real outputs have the same strides, and the layers around the scan get the same layouts
+# (and so the same rounding) as when the code ran as a Function. An absent optional result is
+# an empty tensor (an op returns tensors, not None).
+def _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+    out, enter, y = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    return out, enter, y if z is not None else y.new_empty(0)  # without z, y is out itself
+
+
+def _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size):
+    grads = _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
+    return tuple(u.new_empty(0) if g is None else g for g in grads)
+
+
+@torch.library.custom_op("mkeval_mamba::selective_scan", mutates_args=())
+def selective_scan_op(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out, enter, y)``: the scan's output, the state entering each chunk, and (only with
+    ``z``; else empty) the output before gating; the last two are saved for backward."""
+    return _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+
+
+@torch.library.custom_op("mkeval_mamba::selective_scan_backward", mutates_args=())
+def selective_scan_backward_op(
+    grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    z: Optional[Tensor], delta_bias: Optional[Tensor], enter: Tensor, y: Tensor, delta_softplus: bool,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``selective_scan_op``'s output for ``u, delta, A, B, C, D, z, delta_bias``
+    (empty for an absent input)."""
+    return _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
+
+
+selective_scan_op.register_fake(_forward_op)
+selective_scan_backward_op.register_fake(_backward_op)
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size = inputs
+    _, enter, y = output
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, enter, y)
+    ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+    ctx.present = tuple(t is not None for t in (D, z, delta_bias))
+
+
+def _autograd_backward(ctx, grad_out, _grad_enter, _grad_y):
+    saved = ctx.saved_tensors
+    grads = torch.ops.mkeval_mamba.selective_scan_backward(grad_out, *saved, ctx.delta_softplus, ctx.chunk_size)
+    optional = tuple(g if present else None for g, present in zip(grads[5:], ctx.present))
+    return (*grads[:5], *optional, None, None)
+
+
+selective_scan_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=None):
     """Selective scan in pure PyTorch: ``selective_scan_ref``'s result with O(L) vectorised work."""
     length = u.shape[-1]
     T = max(1, min(chunk_size or default_chunk_size(length), length))
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T)
+    return torch.ops.mkeval_mamba.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T)[0]
+
+
+# --------------------------------------------------------------------------- FLOP formulas
+# Real floating-point operations of the maths in the module docstring, run as a sequential
+# scan: one per add, multiply, divide, exp or log1p; a sum of k products is 2k, as in 2mnk.
+# The chunked scan does more (every recurrence step runs twice each way, plus the chunk
+# decays: +3 per element forward and backward), as a blocked matmul does more than 2mnk; the
+# formulas count the maths, as the BK plugin's do.
+#
+# Forward, per (batch, channel, position, state): a = exp(dt A) (2), (dt u) B (1),
+# h = a h + (dt u) B (2), y = sum_n C h (2).
+FORWARD_PER_STATE = 7
+# Backward, per (batch, channel, position, state): recompute a, (dt u) B and h (5, as mamba_ssm's
+# kernel does too), dC = sum_d h dy (2), dL/dh from y (1), the adjoint recurrence
+# g_t += a_{t+1} g_{t+1} (2), d(dt u) = sum_n g B (2), dB = sum_d g (dt u) (2), g h_{t-1} a (2),
+# dA = sum g dt (2), d(dt) from A: sum_n g A (2).
+BACKWARD_PER_STATE = 20
+# Per (batch, channel, position), always: forward dt u (1); backward recompute dt u (1),
+# d(dt) += d(dt u) u (2), du = d(dt u) dt (1).
+FORWARD_PER_CHANNEL = 1
+BACKWARD_PER_CHANNEL = 4
+# ... and per optional input, (forward, backward) per (batch, channel, position):
+# delta_bias: + bias (1); recompute (1), its gradient's sum (1).
+# delta_softplus: log1p(exp) (2); recompute (2), sigmoid = 1 / (1 + exp(-x)) (3), product (1).
+# D: + D u (2); dD = sum dy u (2), du += dy D (2).
+# z: silu(z) = z / (1 + exp(-z)) (3), gate (1); sigmoid (3),
+#    dz = dy y s (1 + z (1 - s)) (6), dy z s (2).
+OPTIONAL_PER_CHANNEL = {"delta_bias": (1, 2), "delta_softplus": (2, 6), "D": (2, 4), "z": (4, 11)}
+
+
+def scan_flops_per_position(d_state: int, D: bool, z: bool, delta_bias: bool, delta_softplus: bool) -> tuple[int, int]:
+    """(forward, backward) FLOPs of the scan per (batch, channel, position)."""
+    present = {"D": D, "z": z, "delta_bias": delta_bias, "delta_softplus": delta_softplus}
+    fwd = FORWARD_PER_STATE * d_state + FORWARD_PER_CHANNEL
+    bwd = BACKWARD_PER_STATE * d_state + BACKWARD_PER_CHANNEL
+    for name, (f, b) in OPTIONAL_PER_CHANNEL.items():
+        if present[name]:
+            fwd, bwd = fwd + f, bwd + b
+    return fwd, bwd
+
+
+def _per_position(u_shape, A_shape, D_shape, z_shape, delta_bias_shape, delta_softplus) -> tuple[int, int]:
+    return scan_flops_per_position(A_shape[1], D_shape is not None, z_shape is not None,
+                                   delta_bias_shape is not None, bool(delta_softplus))
+
+
+def selective_scan_flops(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, delta_bias_shape,
+                         delta_softplus, chunk_size, *args, out_shape=None, **kwargs) -> int:
+    """FLOP formula of ``mkeval_mamba::selective_scan`` (``torch.utils.flop_counter`` convention)."""
+    return math.prod(u_shape) * _per_position(u_shape, A_shape, D_shape, z_shape, delta_bias_shape, delta_softplus)[0]
+
+
+def selective_scan_backward_flops(grad_shape, u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape,
+                                  delta_bias_shape, enter_shape, y_shape, delta_softplus, chunk_size, *args,
+                                  out_shape=None, **kwargs) -> int:
+    """FLOP formula of ``mkeval_mamba::selective_scan_backward``."""
+    return math.prod(u_shape) * _per_position(u_shape, A_shape, D_shape, z_shape, delta_bias_shape, delta_softplus)[1]
+
+
+FLOP_FORMULAS = {
+    torch.ops.mkeval_mamba.selective_scan: selective_scan_flops,
+    torch.ops.mkeval_mamba.selective_scan_backward: selective_scan_backward_flops,
+}

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mkeval.models import stored_bytes
+
 INT4_GROUP = 32
 
 
@@ -87,25 +89,12 @@ def quantizable(model: nn.Module, name: str) -> tuple[list[str], dict[str, str]]
     return chosen, kept
 
 
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer as stored, counting a quantized tensor's inner tensors."""
-    total = 0
-    for t in [*model.parameters(), *model.buffers()]:
-        inner = t.__tensor_flatten__()[0] if hasattr(t, "__tensor_flatten__") else None
-        if inner:
-            total += sum(getattr(t, a).numel() * getattr(t, a).element_size() for a in inner
-                         if isinstance(getattr(t, a), torch.Tensor))
-        else:
-            total += t.numel() * t.element_size()
-    return total
-
-
 def quantize(name: str, model: nn.Module) -> dict[str, Any]:
     """Quantize ``model`` in place; returns what was done, for the result file."""
     from torchao.quantization import quantize_
 
     chosen, kept = quantizable(model, name)
-    before = weight_bytes(model)
+    before = stored_bytes(model)
     config, info = _config(name)
     if name == "int4-packed":
         model.to(torch.bfloat16)
@@ -122,7 +111,7 @@ def quantize(name: str, model: nn.Module) -> dict[str, Any]:
 
     return {"library": f"torchao {torchao.__version__}", "config": type(config).__name__, "weight_only": True,
             **info, "quantized_layers": layers, "kept_high_precision": kept,
-            "bytes_before": before, "bytes_after": weight_bytes(model)}
+            "bytes_before": before, "bytes_after": stored_bytes(model)}
 
 
 def unsupported(name: str):

@@ -17,4 +17,5 @@ from .corpora import CORPORA, load
 @mkeval.hookimpl
 def register_datasets(register):
     for corpus in CORPORA.values():
-        register(DatasetSpec(corpus.name, lambda request, c=corpus: load(c, request), description=corpus.description))
+        register(DatasetSpec(corpus.name, lambda request, c=corpus: load(c, request), description=corpus.description,
+                             maps_splits=True))  # the tokenizer is fitted on the mapped train split

@@ -48,6 +48,11 @@ class GPT(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.gpt.transformer(input_ids=input_ids, use_cache=False).last_hidden_state
 
+    def recurrent_state(self) -> dict[str, int]:
+        """Attention keeps a key and a value per layer for every token of the context (the KV cache)."""
+        config = self.gpt.config
+        return {"fixed": 0, "per_token": 2 * config.n_layer * config.n_embd}
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """transformers' own per-block activation checkpointing."""
         if not enabled:
@@ -75,6 +80,29 @@ def _conv1d_to_linear(model: nn.Module) -> None:
                 setattr(module, child_name, linear)
 
 
+def to_transformers(model: GPT):
+    """A plain ``transformers.GPT2LMHeadModel`` (``Conv1D`` projections, as GPT-2 checkpoints have them)
+    holding ``model``'s weights: each ``nn.Linear`` that replaced a ``Conv1D`` goes back transposed."""
+    from transformers import GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    config = model.gpt.config.__class__.from_dict(model.gpt.config.to_dict())
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):  # building initialises weights; leave the caller's RNG alone
+        hf = GPT2LMHeadModel(config)
+    conv = {name for name, module in hf.named_modules() if isinstance(module, Conv1D)}
+    state = {}
+    for key, value in model.gpt.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        # Conv1D stores [in, out], nn.Linear [out, in]: a square c_proj would load untransposed without error
+        state[key] = value.detach().T.contiguous() if module in conv and leaf == "weight" else value.detach().clone()
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"weight names do not line up: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.to(next(model.parameters()).device).eval()
+
+
 def build(vocab_size: int, max_seq_len: int, size: str | None = None, **options) -> GPT:
     config = dict(SIZES[size or "tiny"])
     config.update(options)
@@ -95,7 +123,9 @@ def register_models(register):
         sizes=tuple(SIZES),
         default_size="tiny",
         size_knob="n_embd",
+        options=("n_layer", "n_embd", "n_head", "dropout"),
         description="GPT-2-style decoder (transformers.GPT2LMHeadModel), learned positions, tied embeddings",
+        to_transformers=to_transformers,
     ))
 
 

@@ -319,6 +319,72 @@ def test_scan_keeps_the_input_dtype_and_computes_in_float32():
     torch.testing.assert_close(out16, ref16)
 
 
+# --------------------------------------------------------------------------- FLOPs, compile
+@pytest.mark.parametrize("full", [True, False])
+def test_scan_flop_formulas_match_the_hand_count(full):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mkeval_mamba.scan import FLOP_FORMULAS
+
+    b, d, n, L = 2, 3, 4, 9
+    inputs = scan_inputs(b, d, n, L)
+    kwargs = {} if full else {"D": None, "z": None, "bias": None, "softplus": False}
+    with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
+        out, _ = grads(selective_scan, inputs, kwargs)
+    counts = counter.get_flop_counts()["Global"]
+    # per (batch, channel, position), from the maths written out in docs/flops.md:
+    # forward 7 per state + dt u, and with every option + bias 1, softplus 2, D u 2, silu gate 4;
+    # backward 20 per state + 4, and with every option + 2, 6, 4, 11
+    forward, backward = (7 * n + 10, 20 * n + 27) if full else (7 * n + 1, 20 * n + 4)
+    assert counts[torch.ops.mkeval_mamba.selective_scan] == b * d * L * forward
+    assert counts[torch.ops.mkeval_mamba.selective_scan_backward] == b * d * L * backward
+    assert set(counts) == {torch.ops.mkeval_mamba.selective_scan, torch.ops.mkeval_mamba.selective_scan_backward}
+
+
+def analytic_flops_per_token(cfg: MambaConfig, length: int) -> tuple[float, float]:
+    """(forward, backward) FLOPs per token of a training step, from the config alone (docs/flops.md)."""
+    d, di, n, r, k = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank, cfg.d_conv
+    linears = 2 * d * 2 * di + 2 * di * (r + 2 * n) + 2 * r * di + 2 * di * d  # in, x, dt, out projections
+    conv = 2 * di * k * (length + k - 1) / length  # depthwise, over L + k - 1 output positions
+    fwd_layer = linears + conv + di * (7 * n + 10)  # the scan with D, z, delta_bias, softplus
+    bwd_layer = 2 * linears + 2 * conv + di * (20 * n + 27)  # input and weight gradients; the scan's backward
+    head = 2 * d * cfg.vocab_size  # tied: the embedding matrix
+    return cfg.n_layer * fwd_layer + head, cfg.n_layer * bwd_layer + 2 * head
+
+
+def test_step_flops_per_token_match_the_analytic_count(registry):
+    from mkeval.measure import count_step_flops
+
+    batch, length = 2, 32
+    model = mkeval.build_model("mamba", VOCAB, length, seed=0, registry=registry)
+    ids = torch.randint(0, VOCAB, (batch, length + 1), generator=torch.Generator().manual_seed(0))
+    flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
+        logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1)), registry.flop_formulas)
+    forward, backward = analytic_flops_per_token(model.config, length)
+    tokens = batch * length
+    assert flops.forward / tokens == pytest.approx(forward, rel=0.05)
+    assert flops.backward / tokens == pytest.approx(backward, rel=0.05)
+    assert flops.uncounted == {}  # everything but elementwise work has a formula
+
+
+@pytest.mark.slow
+def test_model_compiles_whole_graph_through_the_scan_op():
+    """fullgraph: the scan's custom ops and their autograd trace without graph breaks (aot_eager:
+    the fake kernels and the traced backward, without inductor's compile time); same numbers as eager."""
+    torch._dynamo.reset()
+    model = make()
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def step(fn):
+        model.zero_grad()
+        out = fn(ids)
+        out.square().mean().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    compiled, eager = step(torch.compile(model, backend="aot_eager", fullgraph=True)), step(model)
+    torch.testing.assert_close(compiled, eager)
+
+
 # --------------------------------------------------------------------------- transformers weights
 @pytest.fixture(scope="module")
 def hf_mamba():
