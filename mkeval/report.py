@@ -516,12 +516,31 @@ def build_report(directory: str | Path, baseline: str | None = None) -> Report:
     return Report(path, results, failed, downstream, unreadable, old, summaries)
 
 
+def seeds_csv(summaries: list[LMSummary]) -> str:
+    """Language-modelling numbers over seeds, long format: mean, sample std, n and the 95% t-interval."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["model", "dataset", "seq_len", "trained_at", "evaluated_at", "number", "mean", "std", "n",
+                     "ci95_low", "ci95_high", "seeds"])
+    for s in summaries:
+        for name, st in s.numbers.items():
+            if st.n:
+                writer.writerow([s.model_name, s.dataset, s.seq_len, s.trained_at, s.evaluated_at, name, st.mean,
+                                 _plain(st.std), st.n, _plain(st.low), _plain(st.high), " ".join(map(str, st.seeds))])
+    return buf.getvalue()
+
+
 def write_report(report: Report, directory: str | Path) -> list[Path]:
-    """``report.md``, ``report.csv`` and, with downstream results, ``report_downstream.csv``."""
+    """``report.md``, ``report.csv`` (cells), ``report_seeds.csv`` (over seeds) and, with downstream
+    results, ``report_downstream.csv``."""
     md, csv_path = Path(directory) / "report.md", Path(directory) / "report.csv"
     write_text(md, report.markdown())
     write_text(csv_path, report.csv())
     written = [md, csv_path]
+    if report.summaries:
+        path = Path(directory) / "report_seeds.csv"
+        write_text(path, seeds_csv(report.summaries))
+        written.append(path)
     if report.downstream is not None:
         path = Path(directory) / "report_downstream.csv"
         write_text(path, downstream_csv(report.downstream))
