@@ -12,19 +12,20 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "MkevalError": "errors", "UsageError": "errors", "PluginError": "errors", "CellFailed": "errors",
-    "hookimpl": "hookspecs",
-    "build_model": "models", "count_parameters": "models", "model_size_mb": "models",
+    "hookimpl": "registry.hookspecs",
+    "build_model": "engine.models", "count_parameters": "engine.models", "model_size_mb": "engine.models",
     "get_registry": "registry", "register": "registry", "register_plugin": "registry",
-    "BenchmarkResult": "specs", "BenchmarkSpec": "specs", "DataRequest": "specs", "DatasetSpec": "specs",
-    "LanguageModel": "specs", "LMData": "specs", "ModelSpec": "specs", "PrecisionSpec": "specs",
-    "TaskSpec": "specs", "TokenSplit": "specs",
+    "BenchmarkResult": "registry.contracts", "BenchmarkSpec": "registry.contracts", "DataRequest": "registry.contracts",
+    "DatasetSpec": "registry.contracts", "LanguageModel": "registry.contracts", "LMData": "registry.contracts",
+    "ModelSpec": "registry.contracts", "PrecisionSpec": "registry.contracts", "TaskSpec": "registry.contracts",
+    "TokenSplit": "registry.contracts", "ReaderSpec": "registry.contracts", "GroupSpec": "registry.contracts",
     "Protocol": "protocol",
-    "run": "runner", "RunResult": "runner",
+    "run": "runner.api", "RunResult": "runner.api",
     "CellResult": "results", "read_results": "results",
-    "check_model": "checks",
-    "task_specs": "taskspec", "TaskConfig": "taskspec",
-    "load_checkpoint": "checkpoint", "write_checkpoint": "checkpoint", "save_weights": "checkpoint",
-    "export_checkpoint": "export", "lm_eval_model": "lm_eval_adapter",
+    "check_model": "engine.checks",
+    "task_specs": "data.taskspec", "TaskConfig": "data.taskspec",
+    "load_checkpoint": "engine.checkpoint", "write_checkpoint": "engine.checkpoint", "save_weights": "engine.checkpoint",
+    "export_checkpoint": "interop.export", "lm_eval_model": "interop.lm_eval",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -44,6 +45,6 @@ def __dir__() -> list[str]:
 
 
 # transformers classes of plugins (bk's exported checkpoints): registered when transformers loads them
-from . import hf_registration as _hf_registration  # noqa: E402
+from .interop import hf_registration as _hf_registration  # noqa: E402
 
 _hf_registration.install()

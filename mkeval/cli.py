@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from .errors import MkevalError, UsageError
+from .runner.request import add_arguments, cli_values
 
 console = Console(stderr=True)
 out = Console()
@@ -47,45 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="show every registered plugin by kind, with its distribution and load errors")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
-    p = sub.add_parser("run", help="train and evaluate the matrix models x datasets x seq lens x precisions x seeds")
-    p.add_argument("--models", help="comma-separated model names (default: every registered model)")
-    p.add_argument("--datasets", help="comma-separated dataset names (default: markov)")
-    p.add_argument("--tasks", help="comma-separated downstream tasks or groups (glue, superglue, squad, mmlu, "
-                   "mmlu_stem, ...); fine-tuned from each --datasets pretraining cell, or from scratch without it")
-    p.add_argument("--include-path", help="extra folder(s) of task spec YAML files (comma-separated)")
-    p.add_argument("--skip-bad-rows", action="store_true",
-                   help="leave out (and count) task data rows with missing fields or unknown labels")
-    p.add_argument("--dev-holdout", action="store_true",
-                   help="tasks without a train split: fine-tune on a seeded half of the eval split, evaluate on the rest")
-    p.add_argument("--fewshot", help="shot counts for prompt-scored tasks such as MMLU (default: 0,5)")
-    p.add_argument("--precisions", help="comma-separated precision names (default: fp32)")
-    p.add_argument("--bits", help="comma-separated bit widths, an alias for --precisions (32 -> fp32, 16 -> fp16)")
-    p.add_argument("--seq-len", help="comma-separated sequence lengths (default: 128)")
-    p.add_argument("--seeds", help="comma-separated seeds (default: 0)")
-    p.add_argument("--train-tokens", type=_positive_int("--train-tokens"), help="training budget in tokens")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), help="sequences per optimiser step")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--eval-interval", type=_positive_int("--eval-interval"), help="steps between validations")
-    p.add_argument("--model-size", help="size preset for every model (e.g. tiny, small, base)")
-    p.add_argument("--match-params", metavar="REF",
-                   help="size every other model to REF's non-embedding parameter count (within 3%%)")
-    p.add_argument("--output-dir", default="results", help="where result files go (default: results)")
-    p.add_argument("--data-dir", help="root folder of local dataset files (one folder per dataset)")
-    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid")
-    p.add_argument("--allow-test-contamination", action="store_true",
-                   help="accept a --split-map that trains or selects the checkpoint on the test split "
-                        "(refused otherwise; every result is then marked)")
-    p.add_argument("--tokenizer", help="word (default), byte, bpe[:VOCAB], or a local Hugging Face tokenizer")
-    p.add_argument("--eval-stride", type=_positive_int("--eval-stride"),
-                   help="sliding-window evaluation stride in tokens (default: seq_len, non-overlapping)")
-    p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass (long sequences; the model must support it)")
-    p.add_argument("--config", help="YAML file of protocol fields (flags override it)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--resume", action="store_true", help="skip cells whose result exists for the same cell hash")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and exit")
-    p.add_argument("--limit", type=_positive_int("--limit"),
-                   help="quick runs: evaluate at most N windows per split, and use at most N examples per task split")
+    p = sub.add_parser("run", help="train and evaluate the matrix models x datasets x seq lens x precisions x seeds",
+                       description="Every option below is also a key of a --config YAML file and a keyword of "
+                                   "mkeval.run(...); a flag beats the config file, which beats the default.")
+    add_arguments(p)
+    p.add_argument("--config", help="YAML file of run options and protocol fields (flags override it; see "
+                                    "docs/protocol.md)")
 
     p = sub.add_parser("report", help="print a comparison table of a results directory; write report.md and .csv")
     p.add_argument("directory")
@@ -162,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------- list
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import get_registry
+    from .registry.manager import get_registry
 
     registry = get_registry()
     if args.json:
@@ -202,19 +170,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
-    kwargs = dict(
-        models=args.models, datasets=args.datasets, tasks=args.tasks, precisions=args.precisions, bits=args.bits,
-        seq_len=args.seq_len, seeds=args.seeds, train_tokens=args.train_tokens, output_dir=args.output_dir,
-        data_dir=args.data_dir, config=args.config, resume=args.resume, dry_run=args.dry_run, limit=args.limit,
-        device=args.device, batch_size=args.batch_size, lr=args.lr, eval_interval=args.eval_interval,
-        model_size=args.model_size, match_params=args.match_params, split_map=args.split_map,
-        tokenizer=args.tokenizer, eval_stride=args.eval_stride, include_path=args.include_path,
-        grad_checkpointing=args.grad_checkpointing or None, skip_bad_rows=args.skip_bad_rows or None,
-        dev_holdout=args.dev_holdout or None, fewshot=args.fewshot,
-        allow_test_contamination=args.allow_test_contamination or None,
-    )
+    values = {k: v for k, v in cli_values(args).items() if v is not None}
     if args.dry_run:
-        result = run(**kwargs)
+        result = run(config=args.config, **values)
         table = Table(title=f"{len(result.cells)} cells (protocol {result.protocol.hash})", title_justify="left")
         for col in ("cell", "hash", "status"):
             table.add_column(col)
@@ -226,13 +184,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             table = Table(title=f"{len(result.tasks)} downstream tasks", title_justify="left")
             for col in ("task", "kind", "status"):
                 table.add_column(col)
-            for t in result.tasks:
-                table.add_row(t.config.name, t.config.kind, escape(f"skipped: {t.skipped}") if t.skipped else
-                              escape(", ".join(f"{r} {n}" for r, n in t.data.info()["examples"].items())))
+            for config, fingerprint, skipped in result.tasks:
+                table.add_row(config.name, config.kind, escape(f"skipped: {skipped}") if skipped else
+                              f"data {fingerprint}")
             out.print(table)
         return 0
     with RunProgress() as progress:
-        result = run(progress=progress, **kwargs)
+        result = run(config=args.config, progress=progress, **values)
     for c in result.failed:
         console.print(f"[red]failed[/] {c.name}: {escape(c.error or '')} "
                       f"(traceback: {result.output_dir / c.traceback_file})")
@@ -295,13 +253,13 @@ class RunProgress:
 
 # ---------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report, print_report, write_report
+    from .report.core import build_report, print_report, write_report
 
     report = build_report(args.directory, baseline=args.baseline)
     print_report(report, out)
     written = write_report(report, args.directory)
     if args.html:  # imported only here: it loads matplotlib
-        from .html_report import write_html_report
+        from .report.html import write_html_report
 
         written += write_html_report(report, args.directory)
     console.print(f"wrote {', '.join(str(p) for p in written)}")
@@ -318,7 +276,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- check
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checks import check_model
+    from .engine.checks import check_model
 
     results = check_model(args.model, vocab_size=args.vocab_size, seq_len=args.seq_len, size=args.size)
     table = Table(title=f"contract checks: {args.model}", title_justify="left")
@@ -332,7 +290,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- data
 def cmd_data(args: argparse.Namespace) -> int:
-    from .datastats import split_statistics
+    from .data.stats import split_statistics
 
     stats = split_statistics(args.dataset, split=args.split, data_dir=args.data_dir, tokenizer=args.tokenizer,
                              split_map=args.split_map, seq_len=args.seq_len)
@@ -352,13 +310,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .registry import get_registry
+    from .registry.manager import get_registry
     from .results import write_json
-    from .runner import parse_ints, split_names
+    from .runner.request import parse_option
 
     spec = get_registry().get("benchmark", args.name, option="mkeval bench")
-    result = spec.run(seq_lens=parse_ints(args.seq_len, "--seq-len"), batch_size=args.batch_size,
-                      models=split_names(args.models, "--models"), repeats=args.repeats, device=args.device)
+    result = spec.run(seq_lens=parse_option("seq_lens", args.seq_len, "--seq-len"), batch_size=args.batch_size,
+                      models=parse_option("models", args.models), repeats=args.repeats, device=args.device)
     table = Table(title=f"bench {args.name}", title_justify="left")
     for c in result.columns:
         table.add_column(c, justify="right")
@@ -379,10 +337,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- export, lm-eval
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from .interop.export import export_checkpoint
 
     if args.format == "lm-eval":
-        from .lm_eval_export import export_run_lm_eval
+        from .interop.lm_eval_export import export_run_lm_eval
 
         written = export_run_lm_eval(args.checkpoint, args.output)
         console.print(f"wrote {len(written)} lm-eval results file(s) under {args.output}")
@@ -395,7 +353,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
-    from .lm_eval_adapter import run_lm_eval
+    from .interop.lm_eval import run_lm_eval
 
     run_lm_eval(args.checkpoint, args.lm_eval_args)
     return 0

@@ -6,8 +6,6 @@ ships them as the official scripts define them: SQuAD v1.1 answer normalisation 
 """
 
 from __future__ import annotations
-
-import difflib
 import logging
 import re
 import string
@@ -20,7 +18,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +158,7 @@ def compute_metrics(names: Sequence[str], records: list[Record], context: Metric
     """Every named metric over ``records``, merged into one dict of plain floats."""
     for name in names:
         if name not in METRICS:
-            close = difflib.get_close_matches(name, METRICS, n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+            hint = did_you_mean(name, list(METRICS)) or "."
             raise UsageError(f"unknown metric {name!r}{hint} Known metrics: {', '.join(METRICS)}.")
     if not records:
         raise ValueError(f"no prediction records to compute {', '.join(names)} from")

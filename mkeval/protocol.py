@@ -106,7 +106,7 @@ class Protocol:
         need(len(set(self.seq_lens)) == len(self.seq_lens), "seq_lens", "each length may appear once")
         need(len(set(self.seeds)) == len(self.seeds), "seeds", "each seed may appear once")
         need(isinstance(self.tokenizer, str) and bool(self.tokenizer.strip()), "tokenizer", "must be a name or path")
-        from .tokenizers import parse_spec
+        from .data.tokenizers import parse_spec
 
         parse_spec(self.tokenizer)
         need(isinstance(self.eval_stride, int) and self.eval_stride >= 0, "eval_stride", "must be an integer >= 0")

@@ -23,7 +23,7 @@ TEXT = [
 
 
 def fitted_tokenizer(spec: str, lines: list[str] | None = None):
-    from mkeval.tokenizers import fit_state, make_tokenizer
+    from mkeval.data.tokenizers import fit_state, make_tokenizer
 
     lines = TEXT if lines is None else lines
     return make_tokenizer(spec, fit_state(spec, lines))
@@ -59,7 +59,7 @@ def trained_model(name: str, tokenizer, lines: list[str] | None = None, seq_len:
 def make_checkpoint(directory: Path, name: str, tokenizer, lines: list[str] | None = None, seq_len: int = 32,
                     steps: int = 8, **options):
     """Train a tiny ``name`` model and write its checkpoint directory; returns ``(directory, model)``."""
-    from mkeval.checkpoint import write_checkpoint
+    from mkeval.engine.checkpoint import write_checkpoint
 
     model = trained_model(name, tokenizer, lines, seq_len, steps, **options)
     identity = {"name": f"{name}-test", "cell_hash": "0" * 16, "protocol_hash": "1" * 16, "dataset": "test",

@@ -9,7 +9,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture
 def registry():
     """A fresh registry holding everything installed through entry points."""
-    from mkeval.registry import Registry, load_entry_points
+    from mkeval.registry.manager import Registry, load_entry_points
 
     reg = Registry()
     load_entry_points(reg)

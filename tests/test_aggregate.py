@@ -6,7 +6,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from mkeval.aggregate import seed_stats, t_critical
+from mkeval.results.aggregate import seed_stats, t_critical
 
 
 def test_the_t_table_is_scipys():

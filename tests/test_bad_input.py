@@ -13,8 +13,8 @@ import pytest
 
 import mkeval
 from mkeval.errors import UsageError
-from mkeval.taskdata import load_task_data
-from mkeval.taskspec import load_task_file
+from mkeval.data.taskdata import load_task_data
+from mkeval.data.taskspec import load_task_file
 
 STSB = """\
 name: toysts
@@ -167,7 +167,7 @@ def test_unknown_split_names_are_rejected_everywhere(tmp_path, split_map, words)
 
 
 def test_a_split_map_applies_to_synthetic_data_too(tmp_path):
-    from mkeval.datastats import split_statistics
+    from mkeval.data.stats import split_statistics
 
     plain = split_statistics("markov", split="valid")["splits"]["valid"]["tokens"]
     mapped = split_statistics("markov", split="train", split_map="train=valid")["splits"]["train"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mkeval import TokenSplit, UsageError
-from mkeval.batching import limit_windows, make_windows, training_batches
+from mkeval.engine.batching import limit_windows, make_windows, training_batches
 
 
 def test_stream_windows_align_targets_with_the_next_token():

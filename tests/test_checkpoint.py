@@ -8,7 +8,7 @@ from checkpoint_helpers import TEXT, fitted_tokenizer, make_checkpoint
 from conftest import shared_data_or_skip
 
 import mkeval
-from mkeval.checkpoint import (CONFIG, IDENTITY, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS, byte_to_unicode,
+from mkeval.engine.checkpoint import (CONFIG, IDENTITY, TOKENIZER, TOKENIZER_CONFIG, WEIGHTS, byte_to_unicode,
                                load_tokenizer, save_weights, weights_file, write_checkpoint)
 
 
@@ -84,12 +84,12 @@ def test_byte_tokenizer_json_ids_are_utf8_bytes(tmp_path):
 def test_local_hugging_face_tokenizer_is_copied(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    from mkeval.checkpoint import tokenizers_object
+    from mkeval.engine.checkpoint import tokenizers_object
 
     folder = tmp_path / "hf-tok"
     bpe = fitted_tokenizer("bpe:400")
     PreTrainedTokenizerFast(tokenizer_object=tokenizers_object(bpe), eos_token="<eos>").save_pretrained(folder)
-    from mkeval.tokenizers import make_tokenizer
+    from mkeval.data.tokenizers import make_tokenizer
 
     tok = make_tokenizer(str(folder))
     directory, _ = make_checkpoint(tmp_path / "ck", "bk", tok, steps=1)

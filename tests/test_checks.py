@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mkeval.checks import check_model
-from mkeval.registry import Registry, load_entry_points
+from mkeval.engine.checks import check_model
+from mkeval.registry.manager import Registry, load_entry_points
 
 from helpers import Bigram, bigram_spec
 
@@ -82,7 +82,7 @@ class BiLSTM(nn.Module):
 def test_a_bidirectional_model_is_refused_at_run_time_and_reported_as_failed(registry, tiny_protocol, tmp_path):
     import mkeval
     from mkeval import ModelSpec
-    from mkeval.report import build_report
+    from mkeval.report.core import build_report
 
     registry.add(ModelSpec(name="bilstm", build=lambda vocab_size, max_seq_len, size=None: BiLSTM(vocab_size)))
     registry.add(bigram_spec())

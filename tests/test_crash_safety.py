@@ -70,7 +70,7 @@ def test_a_killed_cell_resumes_from_its_training_state_with_identical_numbers(re
     state = out / full.checkpoint / "training_state.pt"
     assert not state.exists()  # a finished cell leaves no state behind
     (out / "bigram_markov_seq16_bits32.json").unlink()
-    import mkeval.training as training
+    import mkeval.engine.loop as training
 
     real = training.lr_factor
 

@@ -10,7 +10,7 @@ import torch
 from checkpoint_helpers import TEXT, fitted_tokenizer, make_checkpoint
 
 import mkeval
-from mkeval.export import export_checkpoint
+from mkeval.interop.export import export_checkpoint
 
 EXPORTED_CLASS = {"transformer": "GPT2LMHeadModel", "mamba": "MambaForCausalLM", "bk": "BKForCausalLM"}
 
@@ -91,14 +91,14 @@ def test_import_mkeval_stays_light():
     run = subprocess.run([sys.executable, "-X", "importtime", "-c", "import mkeval"], capture_output=True, text=True,
                          timeout=120)
     modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}
-    assert "mkeval.hf_registration" in modules
+    assert "mkeval.interop.hf_registration" in modules
     assert not {m for m in modules if m.split(".")[0] in ("torch", "transformers")}
 
 
 def test_model_without_export_is_named(tmp_path, registry):
     from helpers import bigram_spec
 
-    from mkeval.checkpoint import write_checkpoint
+    from mkeval.engine.checkpoint import write_checkpoint
 
     registry.add(bigram_spec())
     tok = fitted_tokenizer("byte")

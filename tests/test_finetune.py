@@ -11,15 +11,15 @@ import yaml
 from torch import nn
 
 from mkeval import Protocol
-from mkeval.finetune import finetune, join, make_kind, predict
-from mkeval.loglikelihood import context_for, encode_pair, fit_prompt, score_prompt
-from mkeval.models import build_model
-from mkeval.taskspec import LocalLayout, Prompt, TaskConfig
-from mkeval.tokenizers import byte_tokenizer, word_tokenizer
+from mkeval.engine.finetune import finetune, join, make_kind, predict
+from mkeval.engine.prompting import context_for, encode_pair, fit_prompt, score_prompt
+from mkeval.engine.models import build_model
+from mkeval.data.taskspec import LocalLayout, Prompt, TaskConfig
+from mkeval.data.tokenizers import byte_tokenizer, word_tokenizer
 
 @pytest.fixture(scope="module")
 def fp32():
-    from mkeval.registry import get_registry
+    from mkeval.registry.manager import get_registry
 
     return get_registry().get("precision", "fp32")
 

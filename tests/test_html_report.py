@@ -142,7 +142,7 @@ def read_cells(directory: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def bigram_run(tmp_path_factory):
     """Two bigram models at two lengths, two seeds, one precision, sizes not matched (so marked)."""
-    from mkeval.registry import Registry, load_entry_points
+    from mkeval.registry.manager import Registry, load_entry_points
 
     registry = Registry()
     load_entry_points(registry)
@@ -166,8 +166,8 @@ def test_an_lm_only_run_gets_its_plots_and_no_others(bigram_run, tmp_path, capsy
 
 
 def test_plotted_numbers_are_those_of_the_result_files(bigram_run):
-    from mkeval.plots import draw_all
-    from mkeval.report import build_report
+    from mkeval.report.plots import draw_all
+    from mkeval.report.core import build_report
 
     cells = read_cells(bigram_run)
     plots = by_name(draw_all(build_report(bigram_run)))
@@ -208,9 +208,9 @@ def test_plotted_numbers_are_those_of_the_result_files(bigram_run):
 
 def test_marks_none_and_nan_values(bigram_run, tmp_path):
     """Marks drawn where the number is; diverged (null) numbers left out without a crash."""
-    from mkeval.html_report import write_html_report
-    from mkeval.plots import draw_all
-    from mkeval.report import build_report, write_report
+    from mkeval.report.html import write_html_report
+    from mkeval.report.plots import draw_all
+    from mkeval.report.core import build_report, write_report
 
     directory = tmp_path / "run"
     shutil.copytree(bigram_run, directory)
@@ -272,7 +272,7 @@ def test_report_without_html_loads_no_plotting(bigram_run, tmp_path):
     directory = tmp_path / "run"
     shutil.copytree(bigram_run, directory)
     code = ("import sys; from mkeval.cli import main; assert main(['report', sys.argv[1]]) == 0; "
-            "loaded = [m for m in ('matplotlib', 'mkeval.plots', 'mkeval.html_report', 'PIL') if m in sys.modules]; "
+            "loaded = [m for m in ('matplotlib', 'mkeval.report.plots', 'mkeval.report.html', 'PIL') if m in sys.modules]; "
             "assert not loaded, loaded")
     proc = subprocess.run([sys.executable, "-c", code, str(directory)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -350,8 +350,8 @@ def test_full_report_page_and_plots(full_run):
 def test_downstream_plots_show_degenerate_modes_as_text_and_the_seed_interval(full_run, tmp_path):
     from matplotlib.patches import Rectangle
 
-    from mkeval.plots import draw_all
-    from mkeval.report import build_report
+    from mkeval.report.plots import draw_all
+    from mkeval.report.core import build_report
 
     plots = by_name(draw_all(build_report(full_run)))
     [ax] = plots["downstream_toy"].figure.axes

@@ -23,7 +23,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 import mkeval  # noqa: E402
-from mkeval.lm_eval_adapter import MkevalLM  # noqa: E402
+from mkeval.interop.lm_eval import MkevalLM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def _direct_loglikelihood(model, ids, n):
 
 def test_registered_next_to_lm_eval_models():
     script = textwrap.dedent("""
-        import mkeval.lm_eval_adapter
+        import mkeval.interop.lm_eval
         from lm_eval.api.registry import get_model, model_registry
-        assert get_model("mkeval") is mkeval.lm_eval_adapter.MkevalLM
+        assert get_model("mkeval") is mkeval.interop.lm_eval.MkevalLM
         assert {"hf", "vllm", "dummy"} <= set(model_registry.keys())
         get_model("dummy")
         print("ok")
@@ -75,8 +75,8 @@ def test_loglikelihood_is_the_model_log_probability(byte_checkpoint):
 
 
 def test_rolling_loglikelihood_equals_mkeval_document_nlls(byte_checkpoint):
-    from mkeval.perplexity import document_nlls
-    from mkeval.registry import get_registry
+    from mkeval.engine.perplexity import document_nlls
+    from mkeval.registry.manager import get_registry
 
     directory, model, tok = byte_checkpoint
     lm = mkeval.lm_eval_model(directory, batch_size=4, max_length=16)
@@ -171,10 +171,10 @@ def test_mmlu_through_lm_eval_equals_mkeval_prompt_scoring(byte_checkpoint, tmp_
     tasks/mmlu/mmlu_anatomy.yaml: the same per-option log-likelihoods and accuracy, 0 and 2 shots."""
     from pathlib import Path
 
-    from mkeval.loglikelihood import score_prompt
-    from mkeval.registry import get_registry
-    from mkeval.taskdata import load_task_data
-    from mkeval.taskspec import load_task_file
+    from mkeval.engine.prompting import score_prompt
+    from mkeval.registry.manager import get_registry
+    from mkeval.data.taskdata import load_task_data
+    from mkeval.data.taskspec import load_task_file
 
     data_root = shared_data_or_skip()
     directory, model, tok = byte_checkpoint
@@ -221,9 +221,9 @@ metric_list:
 def test_wikitext_word_perplexity_through_lm_eval_equals_mkeval(tmp_path, monkeypatch):
     """Lines of WikiText-2 test as documents: lm-eval's loglikelihood_rolling and its wikitext task's own
     counting and aggregation vs mkeval's text statistics, per-document windows and lm_eval_text_metrics."""
-    from mkeval.perplexity import document_nlls, documents_from_stream, split_text_metrics
-    from mkeval.registry import get_registry
-    from mkeval.text import TextSplit, tokenize_split
+    from mkeval.engine.perplexity import document_nlls, documents_from_stream, split_text_metrics
+    from mkeval.registry.manager import get_registry
+    from mkeval.data.text import TextSplit, tokenize_split
 
     data_root = shared_data_or_skip()
     valid = (data_root / "wikitext-2" / "valid.txt").read_text(encoding="utf-8").split("\n")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import mkeval
 from helpers import bigram_spec
-from mkeval.models import build_model
+from mkeval.engine.models import build_model
 
 
 @pytest.mark.parametrize("name", ["bk", "mamba", "transformer"])

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from mkeval.measure import count_step_flops
-from mkeval.models import count_parameters, model_size_mb
+from mkeval.engine.measure import count_step_flops
+from mkeval.engine.models import count_parameters, model_size_mb
 
 
 def test_linear_flops_by_hand():

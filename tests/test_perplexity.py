@@ -11,7 +11,7 @@ from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from mkeval.perplexity import (document_nlls, document_windows, documents_from_stream, lm_eval_bytes,
+from mkeval.engine.perplexity import (document_nlls, document_windows, documents_from_stream, lm_eval_bytes,
                                lm_eval_text_metrics, lm_eval_words)
 
 DOCS = [" = Robert Boulter = ", "", " ", "plain words here", "  two  leading and trailing  ",
@@ -67,7 +67,7 @@ def test_documents_come_back_from_the_stream():
 
 @pytest.mark.parametrize("name", ["transformer", "bk"])
 def test_document_nlls_of_short_documents_are_one_forward_pass(name):
-    from mkeval.registry import get_registry
+    from mkeval.registry.manager import get_registry
 
     tok = fitted_tokenizer("byte")
     model = trained_model(name, tok, seq_len=64, steps=2)
@@ -86,9 +86,9 @@ def test_document_nlls_of_short_documents_are_one_forward_pass(name):
 def test_text_statistics_count_lm_eval_words(tmp_path, monkeypatch, caplog):
     import logging
 
-    from mkeval.text import TextSplit, tokenize_split
+    from mkeval.data.text import TextSplit, tokenize_split
 
-    caplog.set_level(logging.INFO, logger="mkeval.text")
+    caplog.set_level(logging.INFO, logger="mkeval.data.text")
 
     monkeypatch.setenv("MKEVAL_CACHE", str(tmp_path))
     tok = fitted_tokenizer("word")
@@ -107,8 +107,8 @@ def test_text_statistics_count_lm_eval_words(tmp_path, monkeypatch, caplog):
 
 
 def test_split_metrics_need_text_statistics():
-    from mkeval.perplexity import split_text_metrics
-    from mkeval.specs import TokenSplit
+    from mkeval.engine.perplexity import split_text_metrics
+    from mkeval.registry.contracts import TokenSplit
 
     split = TokenSplit(torch.tensor([0, 1, 2, 0]), info={"words": 2})  # token-id data has no lm-eval counts
     assert split_text_metrics(None, split, 0, 8, 4, None, torch.device("cpu")) == (None, None)

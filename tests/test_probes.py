@@ -3,9 +3,9 @@
 import torch
 from torch import nn
 
-from mkeval.batching import make_windows
-from mkeval.probes import effective_context, probe_distances
-from mkeval.specs import PrecisionSpec, TokenSplit
+from mkeval.engine.batching import make_windows
+from mkeval.engine.probes import effective_context, probe_distances
+from mkeval.registry.contracts import PrecisionSpec, TokenSplit
 
 from helpers import Bigram
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import mkeval
-from mkeval.batching import limit_windows, make_windows
-from mkeval.evaluation import evaluate_lm
-from mkeval.models import build_model
-from mkeval.training import load_checkpoint
+from mkeval.engine.batching import limit_windows, make_windows
+from mkeval.engine.evaluation import evaluate_lm
+from mkeval.engine.models import build_model
+from mkeval.engine.loop import load_checkpoint
 
 pytest.importorskip("torchao")
 
@@ -91,7 +91,7 @@ def test_full_precision_evaluation_is_unchanged_by_the_quantized_ones(sweep):
     for model in ("transformer", "bk", "mamba"):
         net, r = _reload(out, result, model)
         # the same windows as the cell: the test split under the protocol's test_tokens
-        from mkeval.registry import get_registry
+        from mkeval.registry.manager import get_registry
 
         data = get_registry().get("dataset", "markov").load(mkeval.runner.data_request(result.protocol, 32, None, {}))
         windows = limit_windows(make_windows(data.splits["test"], 32, cover_tail=True), result.protocol.test_tokens, 0)

@@ -8,7 +8,7 @@ import pytest
 
 import mkeval
 from mkeval import DatasetSpec, ModelSpec, PluginError, PrecisionSpec, UsageError
-from mkeval.registry import Registry, load_entry_points
+from mkeval.registry.manager import Registry, load_entry_points
 
 
 def test_first_party_plugins_come_through_entry_points(registry):

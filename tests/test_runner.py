@@ -224,9 +224,9 @@ def test_match_params_refuses_models_without_a_knob(reg, tiny_protocol, tmp_path
 def test_the_test_split_is_scored_with_the_best_checkpoint_not_the_last(registry, tiny_protocol, tmp_path):
     import torch
     from mkeval import ModelSpec
-    from mkeval.batching import make_windows
-    from mkeval.evaluation import evaluate_lm
-    from mkeval.training import load_checkpoint
+    from mkeval.engine.batching import make_windows
+    from mkeval.engine.evaluation import evaluate_lm
+    from mkeval.engine.loop import load_checkpoint
 
     from helpers import Bigram
 
@@ -253,7 +253,7 @@ def test_the_test_split_is_scored_with_the_best_checkpoint_not_the_last(registry
     model = Unlearning(data.vocab_size)
     load_checkpoint(model, tmp_path / r.checkpoint, torch.device("cpu"))
     test = make_windows(data.splits["test"], 16, cover_tail=True)
-    from mkeval.batching import limit_windows
+    from mkeval.engine.batching import limit_windows
 
     again = evaluate_lm(model, limit_windows(test, protocol.test_tokens), 4, registry.get("precision", "fp32"),
                         torch.device("cpu"))
@@ -307,7 +307,7 @@ def test_duplicate_lengths_or_seeds_are_refused(tmp_path):
 
 
 def test_malformed_result_files_are_ignored_by_resume_and_report(reg, tiny_protocol, tmp_path):
-    from mkeval.report import build_report
+    from mkeval.report.core import build_report
 
     _run(reg, tiny_protocol, tmp_path)
     (tmp_path / "junk.json").write_text(json.dumps({"status": "ok", "cell_hash": "x", "model_name": "m"}))

@@ -21,14 +21,14 @@ import yaml
 from conftest import shared_data_or_skip
 
 from mkeval.errors import UsageError
-from mkeval.registry import Registry, load_entry_points
-from mkeval.runner import included_tasks, resolve_tasks
-from mkeval.taskdata import TaskSkipped, load_task_data
-from mkeval.taskspec import canon, load_task_file
+from mkeval.registry.manager import Registry, load_entry_points
+from mkeval.runner.plan import included_tasks, resolve_tasks
+from mkeval.data.taskdata import TaskSkipped, load_task_data
+from mkeval.data.taskspec import canon, load_task_file
 
 GLUE = {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli_mismatch", "qnli", "rte", "wnli"}
 SUPERGLUE = {"boolq", "cb", "copa", "multirc", "record", "sglue_rte", "wic", "wsc"}
-REPO_TASKS = Path(__file__).resolve().parents[1] / "tasks"
+REPO_TASKS = (Path(__file__).resolve().parents[1] / "tasks").resolve()  # the tasks plugin's package data
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import torch
 
 import mkeval
 from mkeval import DataRequest, UsageError
-from mkeval.text import build_lm_data, tokenize_split
-from mkeval.tokenizers import make_tokenizer, fit_state
+from mkeval.data.text import build_lm_data, tokenize_split
+from mkeval.data.tokenizers import make_tokenizer, fit_state
 
 from conftest import shared_data_or_skip
 from helpers import bigram_spec
@@ -245,7 +245,7 @@ def test_word_perplexity_and_bits_per_byte_by_hand(registry, tmp_path):
     assert r.test_tokens == words + len(lines)  # every word and every <eos>
     # the NLL, recomputed independently: the bigram's logits depend on the current token only, so
     # the whole test stream can be scored as one sequence by the saved checkpoint
-    from mkeval.training import load_checkpoint
+    from mkeval.engine.loop import load_checkpoint
 
     from helpers import Bigram
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import mkeval
 from mkeval import Protocol
-from mkeval.training import lr_factor, parameter_groups
+from mkeval.engine.loop import lr_factor, parameter_groups
 
 
 class Marked(nn.Module):

@@ -11,8 +11,8 @@ import pytest
 
 import mkeval
 from mkeval import UsageError
-from mkeval.models import build_model, count_parameters
-from mkeval.report import build_report
+from mkeval.engine.models import build_model, count_parameters
+from mkeval.report.core import build_report
 
 from helpers import bigram_spec
 

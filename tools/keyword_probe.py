@@ -14,11 +14,11 @@ import random
 import torch
 
 from mkeval import Protocol
-from mkeval.finetune import finetune, make_kind, predict
-from mkeval.models import build_model
-from mkeval.registry import get_registry
-from mkeval.taskspec import LocalLayout, TaskConfig
-from mkeval.tokenizers import word_tokenizer
+from mkeval.engine.finetune import finetune, make_kind, predict
+from mkeval.engine.models import build_model
+from mkeval.registry.manager import get_registry
+from mkeval.data.taskspec import LocalLayout, TaskConfig
+from mkeval.data.tokenizers import word_tokenizer
 
 WORDS = [f"w{i}" for i in range(30)]
 

@@ -1,21 +1,36 @@
 """``mkeval bench bk-core``: the resolvent-diagonal op per backend against a per-position loop.
 
 For each sequence length N and each backend, the causal op runs on ``batch x channels``
-independent float32 systems; forward (no grad) and forward+backward are timed (median of
-``repeats`` after one warm-up). ``loop`` is the straightforward per-position PyTorch loop
-(``reference.resolvent_diagonal_loop``, differentiated by autograd); speedups are against it,
-measured in the same run. On CUDA, GB/s counts the op's minimal traffic (each input read
-once, each output written once: 16 bytes per position forwards, 44 forward+backward) and
-is compared with the device's memory bandwidth.
+independent float32 systems; forward (no grad) and forward+backward are timed with the
+libraries made for it: ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU (its block
+size estimate is the warm-up; ``repeats x 0.1 s`` of timed blocks) and
+``triton.testing.do_bench`` on CUDA (cache flushed between calls). Each time is the median
+with its interquartile range. ``loop`` is the straightforward per-position PyTorch loop
+(``reference.resolvent_diagonal_loop``, differentiated by autograd); speedups are against
+it, measured in the same run, and ``fwd_bwd_vs_loop_fwd`` is the loop's forward time over
+the backend's forward+backward time. On CUDA, GB/s counts the op's minimal traffic (each
+input read once, each output written once: 16 bytes per position forwards, 44
+forward+backward) and is compared with the device's memory bandwidth.
+
+On CPU the run uses ``mkeval.threads.choose_threads()`` intra-op threads (recorded in
+``meta``), and two more measurements: the first call in a new process whose on-disk kernel
+cache is warm (the compiled backend's numba cache, which this run has just filled), and the
+cpu and compiled backends again while another process keeps one CPU busy (rows with
+``neighbour = busy``), to show whether the op stalls then.
 
 Nothing here imports mkeval at module level, so ``gpu_check.py`` can reuse the helpers.
 """
 
 from __future__ import annotations
 
-import statistics
+import contextlib
+import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,10 +42,13 @@ DEFAULT_SEQ_LENS = (256, 1024, 2048, 4096, 16384, 65536)
 DEFAULT_BATCH = 8
 DEFAULT_CHANNELS = 1
 DEFAULT_REPEATS = 3
+SECONDS_PER_REPEAT = 0.1  # CPU: timed blocks per measurement; CUDA: 40 ms of do_bench per repeat
 LOOP_MAX_N = 16384  # the loops take seconds per call beyond this
+NEIGHBOUR_SEQ_LENS = (2048, 16384)  # the busy-neighbour rows, where these lengths are measured
 BYTES_FWD = 4 + 4 + 8  # diag, off in; complex64 out (per position, float32)
 BYTES_BWD = 8 + 8 + 4 + 4 + 4  # grad and out in, off in, grad diag and grad off out
 Z = complex(-1.0, 0.5)
+PLUGINS_DIR = Path(__file__).resolve().parent.parent
 
 
 def make_inputs(batch: int, channels: int, n: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -42,22 +60,27 @@ def make_inputs(batch: int, channels: int, n: int, device: torch.device, seed: i
     return {k: v.to(device) for k, v in dict(diag=diag, off=off, grad=grad).items()}
 
 
-def _sync(device: torch.device) -> None:
+@dataclass(frozen=True)
+class Timing:
+    """A median time and its spread (interquartile range), in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    calls: int
+
+
+def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> Timing:
+    """Time ``fn``: ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` on CPU."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        from triton.testing import do_bench
 
+        median, low, high = do_bench(fn, warmup=10 * repeats, rep=40 * repeats, quantiles=[0.5, 0.25, 0.75])
+        return Timing(median, high - low, 0)  # do_bench does not say how many calls it timed
+    from torch.utils.benchmark import Timer
 
-def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` in milliseconds, after one warm-up call."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=SECONDS_PER_REPEAT * repeats)
+    return Timing(1e3 * m.median, 1e3 * m.iqr, len(m.raw_times) * m.number_per_run)
 
 
 def op_callables(backend: str, inputs: dict[str, torch.Tensor]) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -113,7 +136,7 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float | None:
         return None
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    ms = time_call(lambda: dst.copy_(src), 5, device)
+    ms = time_call(lambda: dst.copy_(src), 5, device).median_ms
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -125,6 +148,7 @@ def measure(
     repeats: int,
     device: torch.device,
     loop_max_n: int = LOOP_MAX_N,
+    neighbour: str = "none",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows (one per backend and N) and notes on what was skipped."""
     peak, _ = peak_bandwidth(device)
@@ -137,9 +161,12 @@ def measure(
                 notes.append(f"{backend} skipped at N={n} (per-position loops are too slow beyond N={loop_max_n})")
                 continue
             fwd, fwd_bwd = op_callables(backend, inputs)
-            row: dict[str, Any] = dict(backend=backend, N=n, batch=batch, channels=channels)
-            row["fwd_ms"] = time_call(fwd, repeats, device)
-            row["fwd_bwd_ms"] = time_call(fwd_bwd, repeats, device)
+            f, fb = time_call(fwd, repeats, device), time_call(fwd_bwd, repeats, device)
+            row: dict[str, Any] = dict(
+                backend=backend, N=n, batch=batch, channels=channels, threads=torch.get_num_threads(),
+                neighbour=neighbour, fwd_ms=f.median_ms, fwd_iqr_ms=f.iqr_ms, fwd_bwd_ms=fb.median_ms,
+                fwd_bwd_iqr_ms=fb.iqr_ms, calls=f.calls + fb.calls,
+            )
             tokens = batch * n
             row["fwd_tokens_per_s"] = tokens / (row["fwd_ms"] * 1e-3)
             row["fwd_bwd_tokens_per_s"] = tokens / (row["fwd_bwd_ms"] * 1e-3)
@@ -147,6 +174,7 @@ def measure(
                 base = dict(fwd=row["fwd_ms"], fwd_bwd=row["fwd_bwd_ms"])
             row["speedup_fwd"] = base["fwd"] / row["fwd_ms"] if base else None
             row["speedup_fwd_bwd"] = base["fwd_bwd"] / row["fwd_bwd_ms"] if base else None
+            row["fwd_bwd_vs_loop_fwd"] = base["fwd"] / row["fwd_bwd_ms"] if base else None
             if device.type == "cuda":
                 positions = batch * channels * n
                 row["fwd_gbps"] = positions * BYTES_FWD / (row["fwd_ms"] * 1e-3) / 1e9
@@ -159,7 +187,7 @@ def measure(
 def growth_notes(rows: list[dict[str, Any]], short: int = 2048, long: int = 16384) -> list[str]:
     """``t(long) / t(short)`` per backend: linear time in N gives long / short."""
     notes = []
-    by_key = {(r["backend"], r["N"]): r for r in rows}
+    by_key = {(r["backend"], r["N"]): r for r in rows if r.get("neighbour", "none") == "none"}
     for backend in dict.fromkeys(r["backend"] for r in rows):
         a, b = by_key.get((backend, short)), by_key.get((backend, long))
         if a and b:
@@ -172,6 +200,11 @@ def growth_notes(rows: list[dict[str, Any]], short: int = 2048, long: int = 1638
 
 def default_backends(device: torch.device) -> tuple[str, ...]:
     backends = ["loop", "reference", "cpu"]
+    if device.type == "cpu":
+        import importlib.util
+
+        if importlib.util.find_spec("numba") is not None:
+            backends.append("compiled")
     if device.type == "cuda":
         try:
             from .ops import triton_kernels  # noqa: F401
@@ -182,6 +215,55 @@ def default_backends(device: torch.device) -> tuple[str, ...]:
     return tuple(backends)
 
 
+# --------------------------------------------------------------------------- CPU extras
+_FIRST_USE = """
+import time, torch
+from mkeval_bk.ops import forced_backend, resolvent_diagonal_real
+diag = torch.randn(2, 64).requires_grad_()
+off = torch.randn(2, 63)
+start = time.perf_counter()
+with forced_backend({backend!r}):
+    resolvent_diagonal_real(diag, off, -1.0, 0.5).sum().backward()
+print(time.perf_counter() - start)
+"""
+
+
+def first_use_seconds(backend: str) -> tuple[float, float]:
+    """(first forward+backward, whole process) in seconds, in a new Python process: the first
+    call includes importing the backend and loading (or compiling) its kernels."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _FIRST_USE.format(backend=backend)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    return float(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def busy_neighbour() -> Iterator[None]:
+    """Another process that keeps one CPU busy (a Python spin loop) for the block's duration."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # let it reach its loop
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def stall_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """Per backend and N: forward+backward time with the busy neighbour over the time without."""
+    quiet = {(r["backend"], r["N"]): r for r in rows if r["neighbour"] == "none"}
+    notes = []
+    for r in rows:
+        q = quiet.get((r["backend"], r["N"]))
+        if r["neighbour"] == "busy" and q:
+            notes.append(
+                f"busy neighbour, {r['backend']} at N={r['N']}, {r['threads']} threads: forward+backward "
+                f"{r['fwd_bwd_ms']:.3g} ms against {q['fwd_bwd_ms']:.3g} ms without ({r['fwd_bwd_ms'] / q['fwd_bwd_ms']:.2f}x)"
+            )
+    return notes
+
+
 def run(
     seq_lens: list[int] | None = None,
     batch_size: int | None = None,
@@ -189,21 +271,29 @@ def run(
     repeats: int | None = None,
     device: str | torch.device | None = None,
     channels: int | None = None,
+    neighbour: bool | None = None,
+    first_use: bool | None = None,
 ):
-    """The ``bk-core`` benchmark; ``models`` picks backends (``loop`` plus any of BACKENDS)."""
+    """The ``bk-core`` benchmark; ``models`` picks backends (``loop`` plus any of BACKENDS).
+
+    ``neighbour`` and ``first_use`` (CPU only; default on) add the busy-neighbour rows and the
+    new-process first-call time."""
     from mkeval import BenchmarkResult, UsageError
+    from mkeval.threads import choose_threads, describe
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
     backends = tuple(models) if models else default_backends(dev)
     unknown = [b for b in backends if b not in ("loop", *BACKENDS)]
     if unknown:
         raise UsageError(f"bk-core: unknown backend(s) {', '.join(unknown)}; choose from loop, {', '.join(BACKENDS)}")
-    if "triton" in backends:
+    if "triton" in backends or "compiled" in backends:
         from .ops import BackendUnavailable
-        from .ops.op import _triton_module
+        from .ops.op import _compiled_module, _triton_module
 
         try:
-            _triton_module(dev)
+            for name, check in (("triton", _triton_module), ("compiled", _compiled_module)):
+                if name in backends:
+                    check(dev)
         except BackendUnavailable as exc:
             raise UsageError(f"bk-core: {exc}") from exc
     if "loop" not in backends:
@@ -214,23 +304,51 @@ def run(
     batch = batch_size or DEFAULT_BATCH
     chans = channels or DEFAULT_CHANNELS
     reps = repeats or DEFAULT_REPEATS
-    rows, notes = measure(seq, batch, chans, backends, reps, dev)
-    notes = growth_notes(rows) + notes
+    on_cpu = dev.type == "cpu"
+    threads = choose_threads() if on_cpu else torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows, notes = measure(seq, batch, chans, backends, reps, dev)
+        growth = growth_notes(rows)
+        first_use_s = None
+        if on_cpu and "compiled" in backends and first_use is not False:
+            first_call, whole = first_use_seconds("compiled")
+            first_use_s = first_call
+            notes.append(
+                f"compiled: first forward+backward in a new process with the kernel cache warm: {first_call:.2f} s "
+                f"(importing numba and loading the cached kernels; the whole process, Python and torch "
+                f"start-up included, took {whole:.1f} s)"
+            )
+        busy = [b for b in ("cpu", "compiled") if b in backends]
+        busy_lens = tuple(n for n in NEIGHBOUR_SEQ_LENS if n in seq)
+        if on_cpu and busy and busy_lens and neighbour is not False:
+            with busy_neighbour():
+                busy_rows, _ = measure(busy_lens, batch, chans, tuple(busy), reps, dev, neighbour="busy")
+            rows += busy_rows
+            notes += stall_notes(rows)
+    finally:
+        torch.set_num_threads(previous_threads)
     peak, source = peak_bandwidth(dev)
     columns = [
-        "backend", "N", "batch", "channels", "fwd_ms", "fwd_bwd_ms",
-        "fwd_tokens_per_s", "fwd_bwd_tokens_per_s", "speedup_fwd", "speedup_fwd_bwd",
+        "backend", "N", "batch", "channels", "threads", "neighbour", "fwd_ms", "fwd_iqr_ms", "fwd_bwd_ms",
+        "fwd_bwd_iqr_ms", "fwd_bwd_tokens_per_s", "speedup_fwd", "speedup_fwd_bwd", "fwd_bwd_vs_loop_fwd",
     ]  # fmt: skip
     if dev.type == "cuda":
         columns += ["fwd_gbps", "fwd_bwd_gbps", "fwd_bwd_pct_peak"]
         notes.append(f"peak memory bandwidth {peak} GB/s ({source}); copy bandwidth {copy_bandwidth(dev):.0f} GB/s")
+    timer = "triton.testing.do_bench" if dev.type == "cuda" else "torch.utils.benchmark.Timer.blocked_autorange"
+    notes.insert(0, f"times: median (and IQR) by {timer}; threads: {threads}")
     meta = dict(
         device=str(dev),
         torch=torch.__version__,
-        threads=torch.get_num_threads(),
+        threads=threads,
+        cpus=describe(threads) if on_cpu else None,
         dtype="float32",
         causal=True,
         repeats=reps,
+        timer=timer,
         z=str(Z),
+        first_use_s=first_use_s,
     )
-    return BenchmarkResult(rows=rows, columns=columns, notes=notes, meta=meta)
+    return BenchmarkResult(rows=rows, columns=columns, notes=growth + notes, meta=meta)

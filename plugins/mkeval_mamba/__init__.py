@@ -2,9 +2,10 @@
 
 The model is ``mamba_ssm``'s language model (``model.py``). Its selective scan runs on
 ``mamba_ssm``'s fused CUDA kernels where they are installed and the tensors are on a GPU,
-and on a pure-PyTorch O(L) chunked scan everywhere else (``scan.py``; choose with
-``MKEVAL_MAMBA_BACKEND``, see ``backend.py``). ``from_transformers`` and
-``to_transformers`` move weights to and from ``transformers``' ``MambaForCausalLM``.
+on a numba-compiled scan on the CPU (``compiled.py``), and on a pure-PyTorch O(L) chunked
+scan everywhere else (``scan.py``; choose with ``MKEVAL_MAMBA_BACKEND``, see ``backend.py``).
+``from_transformers`` and ``to_transformers`` move weights to and from ``transformers``'
+``MambaForCausalLM``.
 The scan is a ``torch.library`` custom op whose FLOP formulas the plugin registers
 (``register_flop_formulas``; see ``docs/flops.md``). See ``docs/mamba.md``.
 """
@@ -73,7 +74,7 @@ def register_models(register):
             size_knob="d_model",
             options=tuple(_OPTIONS),
             max_seq_len=None,
-            description="Mamba-1 (mamba_ssm's LM): fused CUDA kernels or an O(L) PyTorch scan (MKEVAL_MAMBA_BACKEND)",
+            description="Mamba-1 (mamba_ssm's LM): CUDA kernels, or an O(L) compiled or PyTorch scan (MKEVAL_MAMBA_BACKEND)",
             to_transformers=to_transformers,
         )
     )

@@ -1,9 +1,11 @@
 """Which selective-scan implementation runs: chosen by ``MKEVAL_MAMBA_BACKEND`` or the ``backend`` option.
 
 ``auto``       mamba_ssm's fused CUDA kernels for tensors on a GPU when ``mamba-ssm`` and
-               ``causal-conv1d`` are installed; otherwise the pure-PyTorch scan (on a GPU
-               without them it says so once, in a warning).
+               ``causal-conv1d`` are installed, otherwise the pure-PyTorch scan (on a GPU
+               without them it says so once, in a warning); on the CPU the compiled scan when
+               numba is installed, otherwise the pure-PyTorch scan.
 ``cuda``       mamba_ssm's kernels, or an error saying what is missing.
+``compiled``   the scan's recurrence compiled by numba (``compiled.py``), CPU tensors only.
 ``torch``      the pure-PyTorch chunked scan (``scan.selective_scan``), on any device.
 ``reference``  the sequential loop (``scan.selective_scan_ref``): slow, for checking.
 """
@@ -20,10 +22,12 @@ import torch
 
 from mkeval import UsageError
 
+from .scan import numba_installed
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MKEVAL_MAMBA_BACKEND"
-BACKENDS = ("auto", "cuda", "torch", "reference")
+BACKENDS = ("auto", "cuda", "compiled", "torch", "reference")
 INSTALL_HINT = (
     "install them with `pip install 'mkeval[cuda]'` (or `pip install mamba-ssm causal-conv1d`) on a CUDA machine"
 )
@@ -86,9 +90,14 @@ def cuda_kernels() -> CudaKernels:
 
 
 def check_requested(name: str) -> None:
-    """Fail at build time, not at the first forward, when ``cuda`` cannot run on this machine."""
+    """Fail at build time, not at the first forward, when ``cuda`` or ``compiled`` cannot run on this machine."""
     if name == "cuda":
         cuda_kernels()
+    if name == "compiled" and not numba_installed():
+        raise BackendUnavailable(
+            f"{ENV_VAR}=compiled needs the numba package, which is not installed: `pip install numba` "
+            f"(a dependency of mkeval), or set {ENV_VAR}=torch for the pure-PyTorch scan."
+        )
 
 
 _warned_auto_fallback = False
@@ -105,9 +114,17 @@ def backend_for(name: str, device: torch.device) -> str:
             )
         cuda_kernels()
         return "cuda"
+    if name == "compiled":
+        check_requested(name)
+        if device.type != "cpu":
+            raise BackendUnavailable(
+                f"{ENV_VAR}=compiled runs on CPU tensors, but the input is on {device}. "
+                f"Set {ENV_VAR}=auto (or cuda, or torch) on a GPU."
+            )
+        return "compiled"
     if name == "auto":
         if device.type != "cuda":
-            return "torch"
+            return "compiled" if device.type == "cpu" and numba_installed() else "torch"
         kernels = _import_cuda_kernels()
         if isinstance(kernels, str):
             if not _warned_auto_fallback:

@@ -2,8 +2,9 @@
 
 Both models hold the same weights (``to_transformers``); a step is forward, next-token
 cross-entropy, backward and an AdamW update. Each row is one sequence length, with the
-step time of each implementation (median over the timed steps, after one untimed warm-up
-step) and their ratio. Where ``transformers``' step is predicted (quadratically, from the
+step time of each implementation (median and interquartile range over the timed steps,
+after one warm-up step; ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on
+CUDA) and their ratio. Threads: ``mkeval.threads.choose_threads()``, recorded in ``meta``. Where ``transformers``' step is predicted (quadratically, from the
 previous length) to take longer than ``TRANSFORMERS_STEP_BUDGET_S``, that cell is skipped
 and a note says so; a warm-up step longer than ``LONG_STEP_S`` is itself the measurement.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import torch
@@ -38,7 +37,9 @@ COLUMNS = [
     "batch_size",
     "mkeval_backend",
     "mkeval_step_s",
+    "mkeval_step_iqr_s",
     "transformers_step_s",
+    "transformers_step_iqr_s",
     "speedup",
     "logits_max_abs_diff",
     "mkeval_steps",
@@ -74,20 +75,23 @@ def _step_fn(model: torch.nn.Module, logits_of: Callable, ids: torch.Tensor) -> 
     return step
 
 
-def _time_steps(step: Callable[[], None], repeats: int, device: torch.device) -> list[float]:
-    def timed() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+def _time_steps(step: Callable[[], None], repeats: int, device: torch.device) -> tuple[float, float, int]:
+    """(median, interquartile range) of the step time in seconds, and the number of steps timed."""
+    from torch.utils.benchmark import Measurement, Timer
 
-    warmup = timed()
-    if warmup > LONG_STEP_S:  # one-time costs are small next to a step this long
-        return [warmup]
-    return [timed() for _ in range(repeats)]
+    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    warmup = timer.timeit(1)  # on CUDA without a synchronisation: only to spot a very long step
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if warmup.median > LONG_STEP_S:  # one-time costs are small next to a step this long
+        return warmup.median, 0.0, 1
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
+        return median / 1e3, (high - low) / 1e3, 0  # do_bench does not say how many it timed
+    m = Measurement.merge([timer.timeit(1) for _ in range(repeats)])[0]
+    return m.median, m.iqr, len(m.times)
 
 
 def _mkeval_logits(model, ids):
@@ -115,7 +119,31 @@ def run_scan_benchmark(
     if any(n < 2 for n in seq_lens) or batch_size < 1 or repeats < 1:
         raise UsageError("mamba-scan needs seq_lens >= 2, batch_size >= 1 and repeats >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must not fetch anything for this
+    from mkeval.threads import choose_threads, describe
 
+    threads = choose_threads() if device.type == "cpu" else torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rows, notes = _measure(seq_lens, batch_size, repeats, device)
+    finally:
+        torch.set_num_threads(previous_threads)
+    import transformers
+
+    meta = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": threads,
+        "cpus": describe(threads) if device.type == "cpu" else None,
+        "model": {"vocab_size": VOCAB_SIZE, **MODEL},
+        "repeats": repeats,
+        "transformers_path": _transformers_path(device),
+    }
+    return BenchmarkResult(rows=rows, columns=COLUMNS, notes=notes, meta=meta)
+
+
+def _measure(seq_lens, batch_size, repeats, device) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     previous: tuple[int, float] | None = None  # (L, transformers step seconds)
@@ -128,16 +156,18 @@ def run_scan_benchmark(
             diff = (_mkeval_logits(ours, ids[:, :-1]) - _transformers_logits(theirs, ids[:, :-1])).abs().max().item()
         ours.train()
         theirs.train()
-        ours_times = _time_steps(_step_fn(ours, _mkeval_logits, ids), repeats, device)
+        ours_s, ours_iqr, ours_n = _time_steps(_step_fn(ours, _mkeval_logits, ids), repeats, device)
         row: dict[str, Any] = {
             "seq_len": length,
             "batch_size": batch_size,
             "mkeval_backend": ours.backend,
-            "mkeval_step_s": statistics.median(ours_times),
+            "mkeval_step_s": ours_s,
+            "mkeval_step_iqr_s": ours_iqr,
             "transformers_step_s": None,
+            "transformers_step_iqr_s": None,
             "speedup": None,
             "logits_max_abs_diff": diff,
-            "mkeval_steps": len(ours_times),
+            "mkeval_steps": ours_n,
             "transformers_steps": 0,
         }
         predicted = previous[1] * (length / previous[0]) ** 2 if previous else 0.0
@@ -148,9 +178,10 @@ def run_scan_benchmark(
             )
         else:
             log.info("mamba-scan: timing transformers at L=%d (predicted %.1f s a step)", length, predicted)
-            theirs_times = _time_steps(_step_fn(theirs, _transformers_logits, ids), repeats, device)
-            row["transformers_step_s"] = statistics.median(theirs_times)
-            row["transformers_steps"] = len(theirs_times)
+            theirs_s, theirs_iqr, theirs_n = _time_steps(_step_fn(theirs, _transformers_logits, ids), repeats, device)
+            row["transformers_step_s"] = theirs_s
+            row["transformers_step_iqr_s"] = theirs_iqr
+            row["transformers_steps"] = theirs_n
             row["speedup"] = row["transformers_step_s"] / row["mkeval_step_s"]
             previous = (length, row["transformers_step_s"])
         rows.append(row)
@@ -158,18 +189,8 @@ def run_scan_benchmark(
     notes.append(
         f"model: mamba tiny (d_model={MODEL['d_model']}, n_layer={MODEL['n_layer']}, d_state=16, expand=2), "
         f"vocab {VOCAB_SIZE}, batch {batch_size}; step = forward + cross-entropy + backward + AdamW; "
-        f"median of the timed steps after one warm-up (a warm-up over {LONG_STEP_S:.0f} s is the only measurement)"
+        f"median (and IQR) of the timed steps after one warm-up (a warm-up over {LONG_STEP_S:.0f} s is the only "
+        f"measurement); {torch.get_num_threads()} threads"
     )
     notes.append(f"transformers path: {_transformers_path(device)}")
-    import transformers
-
-    meta = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "model": {"vocab_size": VOCAB_SIZE, **MODEL},
-        "repeats": repeats,
-        "transformers_path": _transformers_path(device),
-    }
-    return BenchmarkResult(rows=rows, columns=COLUMNS, notes=notes, meta=meta)
+    return rows, notes

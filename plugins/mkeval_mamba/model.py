@@ -42,7 +42,7 @@ class MambaConfig:
     initializer_range: float = 0.02  # embedding std
     rescale_prenorm_residual: bool = True  # out_proj /= sqrt(n_layer)
     backend: str = "auto"  # see backend.py; "auto" defers to $MKEVAL_MAMBA_BACKEND
-    chunk_size: int | None = None  # torch backend's scan chunk; None: about sqrt(L)
+    chunk_size: int | None = None  # compiled and torch backends' scan chunk; None: about sqrt(L)
 
     @property
     def d_inner(self) -> int:
@@ -88,8 +88,8 @@ class Mixer(nn.Module):
             y = backends.cuda_kernels().selective_scan_fn(*(t.contiguous() for t in args), **kwargs)
         elif backend == "reference":
             y = selective_scan_ref(*args, **kwargs)
-        else:
-            y = selective_scan(*args, **kwargs, chunk_size=self.config.chunk_size)
+        else:  # compiled or torch
+            y = selective_scan(*args, **kwargs, chunk_size=self.config.chunk_size, kernel=backend)
         return self.out_proj(y.transpose(1, 2))
 
 

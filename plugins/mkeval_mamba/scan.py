@@ -13,20 +13,26 @@ and compute, per channel d and state n,
 is what runs on CPU, and on GPUs without ``mamba-ssm``: the same maths as one
 ``torch.library`` custom op with a hand-written backward (a second custom op), like
 ``mamba_ssm``'s kernel, and FLOP formulas for both that count the maths (``docs/flops.md``).
+Its ``kernel`` argument picks how the recurrence runs: ``compiled`` (``compiled.py``, numba;
+CPU tensors, the default there when numba is installed) or ``torch`` (the chunked scan
+below, any device). Both give the reference's result within rounding, keep outputs causal
+bit for bit, and share the elementwise work around the recurrence (dt bias and softplus,
+``D u``, the gate, and their gradients).
 
 Why hand-written: torch has no linear-recurrence op, and the loop form is slow in both
 directions (``transformers``' CPU path indexes one step at a time, and each index's backward
-writes a full-size gradient, so its backward is O(L^2)). Here the recurrence runs chunked:
-one vectorised Python step per position within a chunk and one per chunk (a few times
-sqrt(L) steps in all), O(L) work forwards and backwards. It only multiplies by decays
-``exp(dt A) <= 1`` and adds (it never divides, nor exponentiates a sum), so it stays finite
-at any length; state t is computed only from steps <= t, so outputs are strictly causal bit
-for bit. Backward recomputes the (L, batch, dim, state) tensors instead of keeping them, so a
-layer's saved activations are O(L * batch * dim), not O(L * batch * dim * state).
+writes a full-size gradient, so its backward is O(L^2)). The ``torch`` kernel runs the
+recurrence chunked: one vectorised Python step per position within a chunk and one per chunk
+(a few times sqrt(L) steps in all), O(L) work forwards and backwards. It only multiplies by
+decays ``exp(dt A) <= 1`` and adds (it never divides, nor exponentiates a sum), so it stays
+finite at any length; state t is computed only from steps <= t, so outputs are strictly
+causal bit for bit. Backward recomputes the (L, batch, dim, state) tensors instead of keeping
+them, so a layer's saved activations are O(L * batch * dim), not O(L * batch * dim * state).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Optional
 
@@ -48,6 +54,34 @@ def _discretize(u, delta, A, B, delta_bias, delta_softplus):
     if delta_softplus:
         delta = F.softplus(delta)
     return u, delta, A.to(ct), B.to(ct)
+
+
+def _delta_full(delta, delta_bias, ct):
+    """delta plus its bias, in the compute dtype (before softplus)."""
+    return delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias[:, None].to(ct)
+
+
+def _gate_backward(grad_out, y, z):
+    """``(dL/dy, dL/dz)`` from ``dL/dout`` for ``out = y * silu(z)`` (``out = y`` without z)."""
+    grad_out = grad_out.to(y.dtype)
+    if z is None:
+        return grad_out, None
+    zf = z.to(y.dtype)
+    sig = torch.sigmoid(zf)
+    grad_z = (grad_out * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
+    return grad_out * zf * sig, grad_z
+
+
+def _input_grads(grad_u, grad_dt, grad_y, D, delta_full, delta_bias, delta_softplus):
+    """``(du, d delta, d delta_bias)`` from the recurrence's ``du`` and ``d dt``, adding the
+    ``D u`` term and going back through softplus and the bias."""
+    if D is not None:
+        grad_u = grad_u + grad_y * D[:, None].to(grad_y.dtype)
+    grad_delta = grad_dt
+    if delta_softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
+        grad_delta = grad_delta * torch.where(delta_full > 20, 1.0, torch.sigmoid(delta_full))
+    grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
+    return grad_u, grad_delta, grad_bias
 
 
 def _finish(y, u, D, z, dtype_in):
@@ -138,7 +172,7 @@ class _Discretized:
         length = u.shape[-1]
         self.n_chunks = -(-length // chunk_size)
         pad = self.n_chunks * chunk_size - length
-        self.delta = delta.to(ct) if delta_bias is None else delta.to(ct) + delta_bias[:, None].to(ct)
+        self.delta = _delta_full(delta, delta_bias, ct)
         dt = F.softplus(self.delta) if delta_softplus else self.delta
 
         def time_major(x):  # padding after the end: dt = 0 there, so padded steps keep h and add 0
@@ -172,13 +206,7 @@ def _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delt
     length = u.shape[-1]
     p = _Discretized(u, delta, A, B, C, delta_bias, delta_softplus, chunk_size)
     h = _run_chunks(p.chunks(p.a), p.chunks(p.bu), enter).view_as(p.bu)
-    grad_out = grad_out.to(y.dtype)
-    grad_z = None
-    if z is not None:
-        zf = z.to(y.dtype)
-        sig = torch.sigmoid(zf)
-        grad_z = (grad_out * y * sig * (1 + zf * (1 - sig))).to(z.dtype)
-        grad_out = grad_out * zf * sig
+    grad_out, grad_z = _gate_backward(grad_out, y, z)
     grad_D = None if D is None else (grad_out * p.u[:length].permute(1, 2, 0)).sum((0, 2)).to(D.dtype)
     pad = p.u.shape[0] - length
     grad_y = F.pad(grad_out, (0, pad)).permute(2, 0, 1).contiguous()  # (L', batch, dim)
@@ -200,13 +228,9 @@ def _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delt
     def batch_major(x):
         return x[:length].permute(1, 2, 0)
 
-    grad_u = batch_major(grad_u)
-    if D is not None:
-        grad_u = grad_u + grad_out * D[:, None].to(y.dtype)
-    grad_delta = batch_major(grad_dt)
-    if delta_softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
-        grad_delta = grad_delta * torch.where(p.delta > 20, 1.0, torch.sigmoid(p.delta))
-    grad_bias = None if delta_bias is None else grad_delta.sum((0, 2)).to(delta_bias.dtype)
+    grad_u, grad_delta, grad_bias = _input_grads(
+        batch_major(grad_u), batch_major(grad_dt), grad_out, D, p.delta, delta_bias, delta_softplus
+    )
     return (
         grad_u.to(u.dtype),
         grad_delta.to(delta.dtype),
@@ -219,74 +243,156 @@ def _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delt
     )
 
 
+# --------------------------------------------------------------------------- compiled kernel
+KERNELS = ("compiled", "torch")
+
+
+def numba_installed() -> bool:
+    """Whether the ``compiled`` kernel can run (numba is found; imported only on first use)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def default_kernel(device: torch.device) -> str:
+    """``compiled`` for CPU tensors when numba is installed, else ``torch``."""
+    return "compiled" if device.type == "cpu" and numba_installed() else "torch"
+
+
+def _compiled(u):
+    if u.device.type != "cpu":
+        raise ValueError(f"the compiled selective scan runs on CPU tensors, not {u.device.type}; use kernel='torch'")
+    from . import compiled
+
+    return compiled
+
+
+def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
+    """As ``_scan_forward``, in ``compiled.py`` (recurrence, ``D u`` and the gate); ``enter`` has
+    the same layout. dt's bias and softplus stay here: torch vectorises softplus."""
+    ct = _compute_dtype(u.dtype)
+    dt = _delta_full(delta, delta_bias, ct)
+    dt = F.softplus(dt) if delta_softplus else dt
+    out, enter, y = _compiled(u).forward(dt, u, A, B, C, D, z, chunk_size)
+    return out.to(u.dtype), enter, y
+
+
+def _compiled_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size):
+    """As ``_scan_backward``, in ``compiled.py`` (the adjoint recurrence, the gate's, D's, softplus'
+    and the bias's gradients)."""
+    ct = _compute_dtype(u.dtype)
+    full = _delta_full(delta, delta_bias, ct)
+    dt = F.softplus(full) if delta_softplus else full
+    du, ddelta, dA, dB, dC, dD, dz, dbias = _compiled(u).backward(
+        dt, full, delta_softplus, u, A, B, C, D, z, y, grad_out, enter, chunk_size
+    )
+    return (
+        du.to(u.dtype),
+        ddelta.to(delta.dtype),
+        dA.to(A.dtype),
+        dB.to(B.dtype).contiguous(),
+        dC.to(C.dtype).contiguous(),
+        None if D is None else dD.to(D.dtype),
+        None if z is None else dz.to(z.dtype),
+        None if delta_bias is None else dbias.to(delta_bias.dtype),
+    )
+
+
 # --------------------------------------------------------------------------- custom ops
 # The scan is a ``torch.library`` custom op (forward and backward each one op) rather than an
 # autograd.Function so that FlopCounterMode sees it as one op and counts it by the formulas
 # below; as a Function, the counter saw only its einsums and none of its elementwise work.
 # Forward saves only its inputs, the ungated output and one state per chunk; backward
 # recomputes the (L, batch, dim, state) tensors, as mamba_ssm's kernel does. Both ops are
-# opaque to torch.compile. Their fake kernels are the real code run on fake tensors, so fake
-# and real outputs have the same strides, and the layers around the scan get the same layouts
-# (and so the same rounding) as when the code ran as a Function. An absent optional result is
+# opaque to torch.compile. For the torch kernel their fake kernels are the real code run on fake
+# tensors, so fake and real outputs have the same strides, and the layers around the scan get
+# the same layouts (and so the same rounding) as when the code ran as a Function; the compiled
+# kernel returns contiguous tensors, and its fake kernels say so. An absent optional result is
 # an empty tensor (an op returns tensors, not None).
-def _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
-    out, enter, y = _scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+def _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="torch"):
+    run = _compiled_forward if kernel == "compiled" else _scan_forward
+    out, enter, y = run(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
     return out, enter, y if z is not None else y.new_empty(0)  # without z, y is out itself
 
 
-def _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size):
-    grads = _scan_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
+def _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size, kernel="torch"):
+    run = _compiled_backward if kernel == "compiled" else _scan_backward
+    grads = run(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
     return tuple(u.new_empty(0) if g is None else g for g in grads)
+
+
+def _fake_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="torch"):
+    if kernel != "compiled":  # the real torch code on fake tensors: the same strides as the real run
+        return _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    ct = _compute_dtype(u.dtype)
+    b, d, length = u.shape
+    n_chunks = -(-length // chunk_size)
+    y = u.new_empty((b, d, length), dtype=ct) if z is not None else u.new_empty(0, dtype=ct)
+    return u.new_empty(u.shape), u.new_empty((n_chunks, b * d * A.shape[1]), dtype=ct), y
+
+
+def _fake_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size, kernel="torch"):
+    if kernel != "compiled":
+        return _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
+    return tuple(u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (u, delta, A, B, C, D, z, delta_bias))
 
 
 @torch.library.custom_op("mkeval_mamba::selective_scan", mutates_args=())
 def selective_scan_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-    delta_bias: Optional[Tensor], delta_softplus: bool, chunk_size: int,
+    delta_bias: Optional[Tensor], delta_softplus: bool, chunk_size: int, kernel: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(out, enter, y)``: the scan's output, the state entering each chunk, and (only with
-    ``z``; else empty) the output before gating; the last two are saved for backward."""
-    return _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+    ``z``; else empty) the output before gating; the last two are saved for backward.
+    ``kernel``: ``torch`` or ``compiled`` (see the module docstring)."""
+    return _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel)
 
 
 @torch.library.custom_op("mkeval_mamba::selective_scan_backward", mutates_args=())
 def selective_scan_backward_op(
     grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
     z: Optional[Tensor], delta_bias: Optional[Tensor], enter: Tensor, y: Tensor, delta_softplus: bool,
-    chunk_size: int,
+    chunk_size: int, kernel: str = "torch",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``selective_scan_op``'s output for ``u, delta, A, B, C, D, z, delta_bias``
     (empty for an absent input)."""
-    return _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
+    return _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size, kernel)
 
 
-selective_scan_op.register_fake(_forward_op)
-selective_scan_backward_op.register_fake(_backward_op)
+selective_scan_op.register_fake(_fake_forward)
+selective_scan_backward_op.register_fake(_fake_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel = inputs
     _, enter, y = output
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, enter, y)
-    ctx.delta_softplus, ctx.chunk_size = delta_softplus, chunk_size
+    ctx.delta_softplus, ctx.chunk_size, ctx.kernel = delta_softplus, chunk_size, kernel
     ctx.present = tuple(t is not None for t in (D, z, delta_bias))
 
 
 def _autograd_backward(ctx, grad_out, _grad_enter, _grad_y):
     saved = ctx.saved_tensors
-    grads = torch.ops.mkeval_mamba.selective_scan_backward(grad_out, *saved, ctx.delta_softplus, ctx.chunk_size)
+    grads = torch.ops.mkeval_mamba.selective_scan_backward(
+        grad_out, *saved, ctx.delta_softplus, ctx.chunk_size, ctx.kernel
+    )
     optional = tuple(g if present else None for g, present in zip(grads[5:], ctx.present))
-    return (*grads[:5], *optional, None, None)
+    return (*grads[:5], *optional, None, None, None)
 
 
 selective_scan_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=None):
-    """Selective scan in pure PyTorch: ``selective_scan_ref``'s result with O(L) vectorised work."""
+def selective_scan(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk_size=None, kernel=None
+):
+    """``selective_scan_ref``'s result with O(L) work, on ``kernel`` (``compiled`` or ``torch``;
+    None: ``default_kernel``)."""
+    kernel = kernel or default_kernel(u.device)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown selective-scan kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
     length = u.shape[-1]
     T = max(1, min(chunk_size or default_chunk_size(length), length))
-    return torch.ops.mkeval_mamba.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T)[0]
+    return torch.ops.mkeval_mamba.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, T, kernel)[0]
 
 
 # --------------------------------------------------------------------------- FLOP formulas
@@ -334,7 +440,7 @@ def _per_position(u_shape, A_shape, D_shape, z_shape, delta_bias_shape, delta_so
 
 
 def selective_scan_flops(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, delta_bias_shape,
-                         delta_softplus, chunk_size, *args, out_shape=None, **kwargs) -> int:
+                         delta_softplus, chunk_size, *args, out_shape=None, **kwargs) -> int:  # args: kernel
     """FLOP formula of ``mkeval_mamba::selective_scan`` (``torch.utils.flop_counter`` convention)."""
     return math.prod(u_shape) * _per_position(u_shape, A_shape, D_shape, z_shape, delta_bias_shape, delta_softplus)[0]
 

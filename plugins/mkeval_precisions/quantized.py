@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mkeval.models import stored_bytes
+from mkeval.engine.models import stored_bytes
 
 INT4_GROUP = 32
 

@@ -7,13 +7,16 @@ median of ``repeats`` timed steps after one untimed warm-up), tokens per second,
 token, peak memory, and FLOPs per token (``FlopCounterMode``, with the plugins' formulas).
 A length a model declares it cannot take (``ModelSpec.max_seq_len``), or that runs out of
 memory, is reported as such and the sweep goes on. ``plot`` draws the figure (PNG).
+
+Steps are timed by the libraries made for it: ``torch.utils.benchmark`` on CPU (``repeats``
+single-step measurements merged; median and interquartile range) and
+``triton.testing.do_bench`` on CUDA. On CPU the run uses ``mkeval.threads.choose_threads()``
+intra-op threads, recorded in ``meta``.
 """
 
 from __future__ import annotations
 
 import gc
-import statistics
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,8 +30,8 @@ DEFAULT_SEQ_LENS = (256, 1024, 4096, 16384)
 DEFAULT_MODELS = ("bk", "mamba", "transformer")
 DEFAULT_REPEATS = 3
 VOCAB_SIZE = 256
-COLUMNS = ["model", "seq_len", "batch_size", "status", "step_s", "tokens_per_s", "us_per_token",
-           "per_token_vs_shortest", "peak_memory_mb", "flops_per_token"]
+COLUMNS = ["model", "seq_len", "batch_size", "status", "backend", "step_s", "step_iqr_s", "tokens_per_s",
+           "us_per_token", "per_token_vs_shortest", "peak_memory_mb", "flops_per_token"]
 
 
 def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor) -> None:
@@ -39,9 +42,24 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor)
     opt.zero_grad(set_to_none=True)
 
 
+def time_steps(step, repeats: int, device: torch.device) -> tuple[float, float, int]:
+    """(median, interquartile range) of a step's time in seconds, and how many steps were timed:
+    ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` (``repeats`` single steps) on CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
+        return median / 1e3, (high - low) / 1e3, 0  # do_bench does not say how many it timed
+    from torch.utils.benchmark import Measurement, Timer
+
+    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    m = Measurement.merge([timer.timeit(1) for _ in range(repeats)])[0]
+    return m.median, m.iqr, len(m.times)
+
+
 def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
-    from mkeval.measure import PeakMemory, count_step_flops, synchronize
-    from mkeval.models import build_model
+    from mkeval.engine.measure import PeakMemory, count_step_flops
+    from mkeval.engine.models import build_model
 
     registry = mkeval.get_registry()
     spec = registry.get("model", name, option="--models")
@@ -56,14 +74,8 @@ def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.dev
         flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)), registry.flop_formulas)
         _step(model, opt, ids)  # warm-up: allocations, kernel selection
-        times = []
         with PeakMemory(device) as memory:
-            for _ in range(repeats):
-                synchronize(device)
-                start = time.perf_counter()
-                _step(model, opt, ids)
-                synchronize(device)
-                times.append(time.perf_counter() - start)
+            step, spread, timed = time_steps(lambda: _step(model, opt, ids), repeats, device)
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
     except RuntimeError as exc:
@@ -76,9 +88,9 @@ def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.dev
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    step = statistics.median(times)
     tokens = batch * seq_len
-    return {**row, "status": "ok", "step_s": step, "tokens_per_s": tokens / step, "us_per_token": 1e6 * step / tokens,
+    return {**row, "status": "ok", "backend": getattr(model, "backend", None), "step_s": step, "step_iqr_s": spread,
+            "steps_timed": timed, "tokens_per_s": tokens / step, "us_per_token": 1e6 * step / tokens,
             "peak_memory_mb": memory.peak_mb, "flops_per_token": (flops.forward + flops.backward) / tokens,
             "memory_method": memory.method}
 
@@ -94,19 +106,28 @@ def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, mo
     if bad:
         raise UsageError(f"bench scaling: tokens per batch ({tokens}) must be a multiple of every --seq-len; {bad} "
                          "are not (use lengths that divide the longest)")
+    from mkeval.threads import choose_threads, describe
+
     rows = []
-    for name in names:
-        mine = [measure(name, n, tokens // n, repeats or DEFAULT_REPEATS, dev) for n in lens]
-        first = next((r for r in mine if r["status"] == "ok"), None)
-        for r in mine:
-            if r["status"] == "ok" and first is not None:
-                r["per_token_vs_shortest"] = r["us_per_token"] / first["us_per_token"]
-        rows.extend(mine)
-    from mkeval.measure import describe_device
+    threads = choose_threads() if dev.type == "cpu" else torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in names:
+            mine = [measure(name, n, tokens // n, repeats or DEFAULT_REPEATS, dev) for n in lens]
+            first = next((r for r in mine if r["status"] == "ok"), None)
+            for r in mine:
+                if r["status"] == "ok" and first is not None:
+                    r["per_token_vs_shortest"] = r["us_per_token"] / first["us_per_token"]
+            rows.extend(mine)
+    finally:
+        torch.set_num_threads(previous_threads)
+    from mkeval.engine.measure import describe_device
 
     notes = [f"{tokens} tokens per batch at every length (batch_size = {tokens} / seq_len); models at size tiny, "
-             f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median of "
-             f"{repeats or DEFAULT_REPEATS} after one warm-up.",
+             f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median (and IQR) of "
+             f"{repeats or DEFAULT_REPEATS} after one warm-up"
+             + (" (triton.testing.do_bench)." if dev.type == "cuda" else f" (torch.utils.benchmark; {threads} threads)."),
              "per_token_vs_shortest: time per token at this length over the model's time per token at the "
              "shortest length it ran (1.0 = linear cost in length)."]
     if dev.type == "cpu":
@@ -114,7 +135,8 @@ def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, mo
                      "the Python and torch runtime and whatever the allocator kept from earlier measurements.")
     return BenchmarkResult(rows=rows, columns=COLUMNS, notes=notes,
                            meta={"device": describe_device(dev), "tokens_per_batch": tokens, "seq_lens": lens,
-                                 "models": names, "torch": torch.__version__},
+                                 "models": names, "torch": torch.__version__, "threads": threads,
+                                 "cpus": describe(threads) if dev.type == "cpu" else None},
                            plot=plot)
 
 

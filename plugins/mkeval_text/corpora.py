@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mkeval import DataRequest, LMData, UsageError
-from mkeval.text import TextSource, TextSplit, build_lm_data, file_fingerprint
+from mkeval.data.text import TextSource, TextSplit, build_lm_data, file_fingerprint
 
 from .readers import read_json_lines, read_lines
 

@@ -189,7 +189,7 @@ def test_target_params_mode():
 
 # --------------------------------------------------------------------------- plugin wiring
 def test_plugin_registers_model_flops_and_benchmark():
-    from mkeval.registry import Registry
+    from mkeval.registry.manager import Registry
 
     reg = Registry()
     reg.add_plugin(mkeval_bk, name="bk-test")
@@ -225,7 +225,7 @@ def analytic_flops_per_token(cfg: BKConfig) -> tuple[int, int]:
 
 
 def test_step_flops_per_token_match_the_analytic_count(registry):
-    from mkeval.measure import count_step_flops
+    from mkeval.engine.measure import count_step_flops
 
     batch, length = 2, 32
     model = mkeval.build_model("bk", VOCAB, length, seed=0, registry=registry)
@@ -241,8 +241,8 @@ def test_step_flops_per_token_match_the_analytic_count(registry):
 
 @pytest.mark.parametrize("options", [{}, {"coupling": "learned", "top_k": 1}])
 def test_core_contract_checks_pass(options):
-    from mkeval.checks import check_model
-    from mkeval.registry import Registry
+    from mkeval.engine.checks import check_model
+    from mkeval.registry.manager import Registry
 
     reg = Registry()
     reg.add_plugin(mkeval_bk, name="bk-test")

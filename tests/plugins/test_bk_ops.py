@@ -9,6 +9,7 @@ gradients, which checks the hand-derived adjoint without using it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -23,7 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import mkeval_bk
 from mkeval_bk.ops import BackendUnavailable, forced_backend, op, reference, resolvent_diagonal, resolvent_diagonal_real
 
-FAST = ("reference", "cpu")
+NUMBA = importlib.util.find_spec("numba") is not None
+# every backend that runs on CPU tensors without the Triton interpreter
+_COMPILED = pytest.param("compiled", marks=pytest.mark.skipif(not NUMBA, reason="numba not installed"))
+FAST = ("reference", "cpu", _COMPILED)  # every backend that runs on CPU tensors without Triton's interpreter
+DEFAULTS = ("cpu", _COMPILED)  # the CPU defaults (with and without numba), for the long sequences
 
 
 def _system(batch, n, dtype=torch.float64, seed=0, scale=1.0):
@@ -61,16 +66,18 @@ def _banded(diag, off, z):
     return ab
 
 
+@pytest.mark.parametrize("backend", DEFAULTS)
 @pytest.mark.parametrize("z", [complex(-1.0, 0.5), complex(0.3, 0.05)])
 @pytest.mark.parametrize("n", [1024, 8192])
-def test_complex64_within_1e5_of_complex128(n, z):
+def test_complex64_within_1e5_of_complex128(n, z, backend):
     """float32 inputs -> complex64 output within 1e-5 (elementwise, relative) of exact complex128."""
     diag, off = _system((2,), n, dtype=torch.float32, seed=n, scale=2.0)
     diag = diag - 2.0  # a random potential on the discrete Laplacian's diagonal
     exact_in = diag.double(), off.double()  # the op is judged on its own inputs, as rounded
     rng = np.random.default_rng(0)
     for causal in (True, False):
-        g = resolvent_diagonal(diag, off, z, causal=causal)
+        with forced_backend(backend):
+            g = resolvent_diagonal(diag, off, z, causal=causal)
         assert g.dtype == torch.complex64
         # every entry against the float64 loop (validated against the dense inverse above) ...
         loop = reference.resolvent_diagonal_loop(*exact_in, z, causal=causal)
@@ -86,28 +93,34 @@ def test_complex64_within_1e5_of_complex128(n, z):
         assert _rel(g[0, picks], torch.from_numpy(np.asarray(exact))) < 1e-5
 
 
-def test_no_overflow_far_past_n_1000():
+@pytest.mark.parametrize("backend", DEFAULTS)
+def test_no_overflow_far_past_n_1000(backend):
     """The published theta recursion overflowed to zeros past N ~ 1000; this one stays exact."""
     diag, off = _system((2,), 20000, seed=3, scale=5.0)
     z = complex(0.0, 0.1)
-    g = resolvent_diagonal(diag.float(), off.float(), z)
+    with forced_backend(backend):
+        g = resolvent_diagonal(diag.float(), off.float(), z)
     assert torch.isfinite(torch.view_as_real(g)).all()
     assert (g.abs() <= 1 / z.imag * (1 + 1e-6)).all()  # |g| <= 1 / Im z at every length
     assert _rel(g, reference.resolvent_diagonal_loop(diag.float().double(), off.float().double(), z)) < 1e-5
 
 
-def test_last_causal_entry_is_last_full_entry():
+@pytest.mark.parametrize("backend", FAST)
+def test_last_causal_entry_is_last_full_entry(backend):
     diag, off = _system((4,), 300)
-    g_causal = resolvent_diagonal(diag, off, 0.5j)
-    g_full = resolvent_diagonal(diag, off, 0.5j, causal=False)
+    with forced_backend(backend):
+        g_causal = resolvent_diagonal(diag, off, 0.5j)
+        g_full = resolvent_diagonal(diag, off, 0.5j, causal=False)
     assert _rel(g_causal[:, -1], g_full[:, -1].to(torch.complex128)) < 1e-12
     assert not torch.allclose(g_causal[:, 0], g_full[:, 0])
 
 
-def test_broadcasting_and_per_system_z():
+@pytest.mark.parametrize("backend", FAST)
+def test_broadcasting_and_per_system_z(backend):
     diag, off = _system((2, 3), 50)
     z = torch.complex(torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64), torch.tensor([0.2, 0.5, 1.0], dtype=torch.float64))
-    g = resolvent_diagonal(diag, off[0], z)  # off shared over the first batch dimension
+    with forced_backend(backend):
+        g = resolvent_diagonal(diag, off[0], z)  # off shared over the first batch dimension
     for i in range(2):
         for c in range(3):
             ref = reference.resolvent_diagonal_dense(diag[i, c], off[0, c], complex(z[c]), True)
@@ -147,9 +160,10 @@ def test_gradcheck_float64(backend, causal, n):
         assert torch.autograd.gradcheck(f, inputs)
 
 
+@pytest.mark.parametrize("backend", DEFAULTS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_gradients_match_autograd_through_the_loop(dtype, causal):
+def test_gradients_match_autograd_through_the_loop(dtype, causal, backend):
     diag, off = _system((3,), 300, dtype=dtype, seed=1)
     z = torch.complex(torch.tensor(-0.3, dtype=dtype), torch.tensor(0.4, dtype=dtype))
     weights = torch.randn(3, 300, 2, generator=torch.Generator().manual_seed(5), dtype=dtype)
@@ -160,7 +174,8 @@ def test_gradients_match_autograd_through_the_loop(dtype, causal):
         (out * weights).sum().backward()
         return [t.grad for t in leaves]
 
-    ours = grads(resolvent_diagonal)
+    with forced_backend(backend):
+        ours = grads(resolvent_diagonal)
     theirs = grads(reference.resolvent_diagonal_loop)
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     for a, b in zip(ours, theirs):
@@ -191,11 +206,13 @@ def test_triton_kernels_under_the_interpreter():
 
 
 @under_interpreter
+@pytest.mark.parametrize("layout", ["positions", "systems"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_triton_interp_matches_reference(dtype, causal):
+def test_triton_interp_matches_reference(dtype, causal, layout, monkeypatch):
     from mkeval_bk.ops import triton_kernels
 
+    monkeypatch.setenv(triton_kernels.LAYOUT_ENV, layout)
     n = 40  # chunks of 16: three chunks, the last one partial
     diag, off = _system((3,), n, dtype=dtype, seed=2)
     z = torch.complex(torch.tensor([-1.0, 0.2, 0.5], dtype=dtype), torch.tensor([0.3, 0.05, 1.0], dtype=dtype))
@@ -208,6 +225,7 @@ def test_triton_interp_matches_reference(dtype, causal):
         return [out.detach()] + [t.grad for t in leaves]
 
     assert triton_kernels.INTERPRETED and triton_kernels.chunk_length(n) == 16
+    assert triton_kernels.chunk_length(1000) % triton_kernels.UNROLL == 0
     with forced_backend("triton"):
         ours = run(resolvent_diagonal, lambda t: t)
     exact = run(reference.resolvent_diagonal_loop, lambda t: t.double())  # float64 loop + autograd
@@ -215,6 +233,25 @@ def test_triton_interp_matches_reference(dtype, causal):
     for a, b in zip(ours, exact):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * b.abs().max().item())
+
+
+@under_interpreter
+def test_triton_interp_layouts_agree_bit_for_bit(monkeypatch):
+    """The two layouts run the same arithmetic in the same order: the same bits, forward and backward."""
+    from mkeval_bk.ops import triton_kernels
+
+    diag, off = _system((37,), 45, dtype=torch.float32, seed=5)  # 37 systems: two blocks in the systems layout
+    weights = torch.randn(37, 45, 2, generator=torch.Generator().manual_seed(3))
+    results = []
+    for layout in triton_kernels.LAYOUTS:
+        monkeypatch.setenv(triton_kernels.LAYOUT_ENV, layout)
+        d, o = diag.clone().requires_grad_(), off.clone().requires_grad_()
+        with forced_backend("triton"):
+            out = resolvent_diagonal_real(d, o, -0.5, 0.2)
+            (out * weights).sum().backward()
+        results.append((out.detach(), d.grad, o.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 @under_interpreter
@@ -230,7 +267,11 @@ def test_triton_interp_gradcheck():
 
 
 @under_interpreter
-def test_triton_interp_is_causal_bit_for_bit():
+@pytest.mark.parametrize("layout", ["positions", "systems"])
+def test_triton_interp_is_causal_bit_for_bit(layout, monkeypatch):
+    from mkeval_bk.ops import triton_kernels
+
+    monkeypatch.setenv(triton_kernels.LAYOUT_ENV, layout)
     diag, off = _system((2,), 40, dtype=torch.float32)
     with forced_backend("triton"):
         base = resolvent_diagonal(diag, off, 0.4j)
@@ -252,7 +293,7 @@ def test_triton_on_cpu_without_interpreter_says_so(monkeypatch):
 def test_unknown_backend_is_named(monkeypatch):
     monkeypatch.setenv("MKEVAL_BK_BACKEND", "fortran")
     diag, off = _system((1,), 8)
-    with pytest.raises(BackendUnavailable, match="'fortran'.*reference, cpu, triton"):
+    with pytest.raises(BackendUnavailable, match="'fortran'.*reference, cpu, compiled, triton"):
         resolvent_diagonal(diag, off, 0.5j)
 
 
@@ -262,8 +303,47 @@ def test_env_var_forces_the_backend(monkeypatch):
     assert mkeval_bk.backend_name(diag.device) == "reference"
     ref = resolvent_diagonal(diag, off, 0.5j)
     monkeypatch.delenv("MKEVAL_BK_BACKEND")
+    assert mkeval_bk.backend_name(diag.device) == ("compiled" if NUMBA else "cpu")
+    assert _rel(resolvent_diagonal(diag, off, 0.5j), ref) < 1e-13
+    monkeypatch.setenv("MKEVAL_BK_BACKEND", "cpu")  # the chunked PyTorch scan stays selectable
     assert mkeval_bk.backend_name(diag.device) == "cpu"
     assert _rel(resolvent_diagonal(diag, off, 0.5j), ref) < 1e-13
+
+
+def test_without_numba_the_cpu_default_is_the_chunked_scan(monkeypatch):
+    monkeypatch.delenv("MKEVAL_BK_BACKEND", raising=False)
+    monkeypatch.setattr(op, "_numba_installed", lambda: False)
+    assert mkeval_bk.backend_name(torch.device("cpu")) == "cpu"
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("causal", [True, False])
+def test_compiled_work_shared_among_threads_is_bit_identical(monkeypatch, causal):
+    """The same systems through the shared-work path (two threads, pieces of one group) and
+    through one thread give the same bits, forward and backward."""
+    from mkeval_bk.ops import compiled
+
+    diag, off = _system((3, 7), 97, dtype=torch.float32, seed=7)  # 21 systems: 5 groups of 4 and one of 1
+    weights = torch.randn(3, 7, 97, 2, generator=torch.Generator().manual_seed(8))
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in (diag, off)]
+        with forced_backend("compiled"):
+            out = resolvent_diagonal_real(leaves[0], leaves[1], -0.2, 0.3, causal=causal)
+        (out * weights).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    alone = run()
+    calls = []
+    share = compiled.share_work
+    monkeypatch.setattr(compiled, "share_work", lambda *a: calls.append(a[1:]) or share(*a))
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_POSITIONS", 0)
+    monkeypatch.setattr(compiled, "threads", lambda: 2)
+    monkeypatch.setattr(compiled, "PIECES_PER_THREAD", 3)  # 6 groups in pieces of one
+    shared = run()
+    assert calls and all(c == (6, 2, 1) for c in calls)
+    for a, b in zip(alone, shared):
+        assert torch.equal(a, b)
 
 
 # --------------------------------------------------------------------------- compile, FLOPs
@@ -290,10 +370,11 @@ def test_torch_compile_round_trip():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_flop_formula_counts_forward_and_backward():
+@pytest.mark.parametrize("backend", DEFAULTS)
+def test_flop_formula_counts_forward_and_backward(backend):
     diag, off = _system((4, 2), 100, dtype=torch.float32)
     diag.requires_grad_()
-    with FlopCounterMode(display=False, custom_mapping=op.FLOP_FORMULAS) as counter:
+    with forced_backend(backend), FlopCounterMode(display=False, custom_mapping=op.FLOP_FORMULAS) as counter:
         out = resolvent_diagonal_real(diag, off, 0.0, 0.5)
         out.sum().backward()
     counts = counter.get_flop_counts()["Global"]
@@ -366,11 +447,29 @@ def test_bad_dtypes_raise(diag, off, match):
 def test_bench_rows_and_ratios():
     from mkeval_bk.bench import run
 
-    result = run(seq_lens=[64, 128], batch_size=2, repeats=1, models=["cpu"])
+    result = run(seq_lens=[64, 128], batch_size=2, repeats=1, models=["cpu"], neighbour=False, first_use=False)
     assert {(r["backend"], r["N"]) for r in result.rows} == {(b, n) for b in ("loop", "cpu") for n in (64, 128)}
     for row in result.rows:
         assert set(result.columns) <= set(row)
-        assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0
+        assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 and row["fwd_iqr_ms"] >= 0 and row["fwd_bwd_iqr_ms"] >= 0
         assert row["speedup_fwd"] > 0 and row["speedup_fwd_bwd"] > 0
+        assert row["fwd_bwd_vs_loop_fwd"] == pytest.approx(
+            next(r["fwd_ms"] for r in result.rows if r["backend"] == "loop" and r["N"] == row["N"]) / row["fwd_bwd_ms"]
+        )
     loop = [r for r in result.rows if r["backend"] == "loop"]
     assert all(r["speedup_fwd"] == 1.0 for r in loop)
+    assert result.meta["threads"] == result.rows[0]["threads"] >= 1
+    assert "torch.utils.benchmark" in result.meta["timer"]
+
+
+@pytest.mark.skipif(not NUMBA, reason="numba not installed")
+def test_bench_measures_first_use_and_a_busy_neighbour():
+    """The CPU extras run and report (their values are timings, not checked here)."""
+    from mkeval_bk.bench import run
+
+    result = run(seq_lens=[2048], batch_size=1, repeats=1, models=["compiled"])
+    busy = [r for r in result.rows if r["neighbour"] == "busy"]
+    assert [r["backend"] for r in busy] == ["compiled"] and busy[0]["N"] == 2048
+    assert result.meta["first_use_s"] > 0
+    assert any("busy neighbour, compiled at N=2048" in note for note in result.notes)
+    assert any("new process with the kernel cache warm" in note for note in result.notes)

@@ -12,14 +12,17 @@ import torch.nn.functional as F
 
 import mkeval
 from mkeval import UsageError
-from mkeval.checks import check_model
+from mkeval.engine.checks import check_model
 
 import mkeval_mamba
 from mkeval_mamba import backend as backends
 from mkeval_mamba.model import MambaConfig
-from mkeval_mamba.scan import selective_scan, selective_scan_ref
+from mkeval_mamba.scan import numba_installed, selective_scan, selective_scan_ref
 
 VOCAB = 37
+_COMPILED = pytest.param("compiled", marks=pytest.mark.skipif(not numba_installed(), reason="numba not installed"))
+KERNELS = (_COMPILED, "torch")  # the selective scan's two O(L) kernels
+DEFAULT_CPU_BACKEND = "compiled" if numba_installed() else "torch"
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +52,7 @@ def test_registered_with_a_size_knob_and_the_benchmark(registry):
     assert registry.get("benchmark", "mamba-scan").run is mkeval_mamba.bench.run_scan_benchmark
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", [_COMPILED, "torch", "reference"])
 def test_core_contract_checks_pass(registry, backend):
     results = check_model("mamba", registry=registry, backend=backend)
     assert [r.name for r in results if not r.passed] == [], [(r.name, r.detail) for r in results]
@@ -60,11 +63,13 @@ def test_logits_and_hidden_state_shapes():
     ids = torch.randint(0, VOCAB, (2, 19))
     assert model(ids).shape == (2, 19, VOCAB)
     assert model.hidden_states(ids).shape == (2, 19, 64)
-    assert model.backend == "torch"
+    assert model.backend == DEFAULT_CPU_BACKEND
 
 
-@pytest.mark.parametrize("backend,chunk_size", [("torch", None), ("torch", 4), ("torch", 7), ("reference", None)])
+@pytest.mark.parametrize("backend,chunk_size", [(b, c) for b in ("compiled", "torch") for c in (None, 4, 7)] + [("reference", None)])
 def test_strictly_causal_at_every_chunk_boundary(backend, chunk_size):
+    if backend == "compiled" and not numba_installed():
+        pytest.skip("numba not installed")
     model = make(backend=backend, chunk_size=chunk_size).eval()
     length = 29
     ids = torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
@@ -246,82 +251,99 @@ def grads(fn, inputs, kwargs):
     u, delta, A, B, C, D, z, bias = inputs
     out = fn(u, delta, A, B, C, D=kwargs.get("D", D), z=kwargs.get("z", z), delta_bias=kwargs.get("bias", bias),
              delta_softplus=kwargs.get("softplus", True), **kwargs.get("extra", {}))
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(out.dtype)
     wanted = [t for t in inputs if t.requires_grad]
     return out, torch.autograd.grad((out * w).sum(), wanted, allow_unused=True)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 3, 1), (2, 5, 3, 37), (1, 4, 16, 64), (3, 2, 2, 100)])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(2, 5, 3, 1), (2, 5, 3, 37), (1, 4, 16, 64), (3, 2, 2, 100), (2, 19, 4, 30)])
 @pytest.mark.parametrize("chunk_size", [None, 1, 3, 8, 1000])
-def test_scan_matches_the_sequential_recurrence_in_float64(shape, chunk_size):
-    inputs = scan_inputs(*shape)
+def test_scan_matches_the_sequential_recurrence_in_float64(shape, chunk_size, kernel):
+    inputs = scan_inputs(*shape)  # 19 channels: uneven channel groups in the compiled backward
     out_ref, g_ref = grads(selective_scan_ref, inputs, {})
-    out, g = grads(selective_scan, inputs, {"extra": {"chunk_size": chunk_size}})
+    out, g = grads(selective_scan, inputs, {"extra": {"chunk_size": chunk_size, "kernel": kernel}})
     torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
     for name, a, b in zip("u delta A B C D z bias".split(), g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_scan_without_D_z_bias_or_softplus_matches_too():
-    inputs = scan_inputs(2, 3, 4, 23)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("without", [("D", "z", "bias", "softplus"), ("D",), ("z",), ("bias",), ("softplus",)])
+def test_scan_without_D_z_bias_or_softplus_matches_too(kernel, dtype, without):
+    inputs = scan_inputs(2, 3, 4, 23, dtype=dtype)
     with torch.no_grad():
         inputs[1].abs_()  # delta used as dt directly must be >= 0
-    kwargs = {"D": None, "z": None, "bias": None, "softplus": False}
-    out_ref, g_ref = grads(selective_scan_ref, inputs, kwargs)
-    out, g = grads(selective_scan, inputs, {**kwargs, "extra": {"chunk_size": 5}})
-    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g[:5], g_ref[:5]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    kwargs = {name: (False if name == "softplus" else None) for name in without}
+    out_ref, g_ref = grads(selective_scan_ref, [t.detach().double().requires_grad_() for t in inputs], kwargs)
+    out, g = grads(selective_scan, inputs, {**kwargs, "extra": {"chunk_size": 5, "kernel": kernel}})
+    assert out.dtype == dtype and all(t is None or t.dtype == dtype for t in g)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), out_ref, rtol=tol, atol=tol)
+    for a, b in zip(g, g_ref):
+        if b is None or a is None:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a.double(), b, rtol=100 * tol, atol=100 * tol * b.abs().max().item())
 
 
-def test_scan_passes_gradcheck():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scan_passes_gradcheck(kernel):
     inputs = scan_inputs(1, 2, 3, 11)
     assert torch.autograd.gradcheck(
-        lambda *x: selective_scan(*x[:5], D=x[5], z=x[6], delta_bias=x[7], delta_softplus=True, chunk_size=3), inputs
+        lambda *x: selective_scan(*x[:5], D=x[5], z=x[6], delta_bias=x[7], delta_softplus=True, chunk_size=3,
+                                  kernel=kernel),
+        inputs,
     )
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dt_scale", [1.0, 6.0])
-def test_scan_is_stable_and_exact_at_long_length(dt_scale):
+def test_scan_is_stable_and_exact_at_long_length(dt_scale, kernel):
     # L=4096, with dt from small to large (decays down to exp(-hundreds), far past float32's range).
     inputs = scan_inputs(1, 3, 4, 4096, dt_scale=dt_scale)
     out_ref, g_ref = grads(selective_scan_ref, inputs, {})
-    out, g = grads(selective_scan, inputs, {})
+    out, g = grads(selective_scan, inputs, {"extra": {"kernel": kernel}})
     assert torch.isfinite(out).all() and all(torch.isfinite(t).all() for t in g)
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     # float32 against the float64 reference: rounding-level error, not growth with L
     out32 = selective_scan(*(t.detach().float() for t in inputs[:5]), D=inputs[5].detach().float(),
-                           z=inputs[6].detach().float(), delta_bias=inputs[7].detach().float(), delta_softplus=True)
+                           z=inputs[6].detach().float(), delta_bias=inputs[7].detach().float(), delta_softplus=True,
+                           kernel=kernel)
     assert torch.isfinite(out32).all()
     torch.testing.assert_close(out32.double(), out_ref.detach(), rtol=1e-4, atol=1e-4)
 
 
-def test_scan_is_strictly_causal_bit_for_bit():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scan_is_strictly_causal_bit_for_bit(kernel):
     inputs = [t.detach().float() for t in scan_inputs(2, 4, 5, 50)]
     u, delta, A, B, C, D, z, bias = inputs
-    base = selective_scan(u, delta, A, B, C, D, z, bias, True, chunk_size=8)
+    base = selective_scan(u, delta, A, B, C, D, z, bias, True, chunk_size=8, kernel=kernel)
     for t in [1, 7, 8, 9, 31, 49]:
         for which in (u, delta, B, C, z):
             saved = which[..., t].clone()
             which[..., t] += 1.0
-            out = selective_scan(u, delta, A, B, C, D, z, bias, True, chunk_size=8)
+            out = selective_scan(u, delta, A, B, C, D, z, bias, True, chunk_size=8, kernel=kernel)
             which[..., t] = saved
             assert torch.equal(out[..., :t], base[..., :t])
 
 
-def test_scan_keeps_the_input_dtype_and_computes_in_float32():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_scan_keeps_the_input_dtype_and_computes_in_float32(kernel):
     u, delta, A, B, C, D, z, bias = [t.detach().float() for t in scan_inputs(1, 3, 4, 20)]
     half = [t.bfloat16() for t in (u, delta)] + [A] + [t.bfloat16() for t in (B, C)] + [D, z.bfloat16(), bias, True]
-    out16, ref16 = selective_scan(*half), selective_scan_ref(*half)
+    out16, ref16 = selective_scan(*half, kernel=kernel), selective_scan_ref(*half)
     assert out16.dtype == torch.bfloat16
     torch.testing.assert_close(out16, ref16)
 
 
 # --------------------------------------------------------------------------- FLOPs, compile
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("full", [True, False])
-def test_scan_flop_formulas_match_the_hand_count(full):
+def test_scan_flop_formulas_match_the_hand_count(full, kernel):
     from torch.utils.flop_counter import FlopCounterMode
 
     from mkeval_mamba.scan import FLOP_FORMULAS
@@ -329,6 +351,7 @@ def test_scan_flop_formulas_match_the_hand_count(full):
     b, d, n, L = 2, 3, 4, 9
     inputs = scan_inputs(b, d, n, L)
     kwargs = {} if full else {"D": None, "z": None, "bias": None, "softplus": False}
+    kwargs["extra"] = {"kernel": kernel}
     with FlopCounterMode(display=False, custom_mapping=FLOP_FORMULAS) as counter:
         out, _ = grads(selective_scan, inputs, kwargs)
     counts = counter.get_flop_counts()["Global"]
@@ -353,7 +376,7 @@ def analytic_flops_per_token(cfg: MambaConfig, length: int) -> tuple[float, floa
 
 
 def test_step_flops_per_token_match_the_analytic_count(registry):
-    from mkeval.measure import count_step_flops
+    from mkeval.engine.measure import count_step_flops
 
     batch, length = 2, 32
     model = mkeval.build_model("mamba", VOCAB, length, seed=0, registry=registry)
@@ -368,11 +391,12 @@ def test_step_flops_per_token_match_the_analytic_count(registry):
 
 
 @pytest.mark.slow
-def test_model_compiles_whole_graph_through_the_scan_op():
+@pytest.mark.parametrize("backend", [_COMPILED, "torch"])
+def test_model_compiles_whole_graph_through_the_scan_op(backend):
     """fullgraph: the scan's custom ops and their autograd trace without graph breaks (aot_eager:
     the fake kernels and the traced backward, without inductor's compile time); same numbers as eager."""
     torch._dynamo.reset()
-    model = make()
+    model = make(backend=backend)
     ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(0))
 
     def step(fn):
@@ -478,6 +502,34 @@ def test_auto_on_a_gpu_without_mamba_ssm_warns_and_records_torch(monkeypatch, ca
     assert "pure-PyTorch scan" in caplog.text and "pip install" in caplog.text
 
 
+def test_compiled_without_numba_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(backends, "numba_installed", lambda: False)
+    with pytest.raises(mkeval_mamba.BackendUnavailable, match="pip install numba.*MKEVAL_MAMBA_BACKEND=torch"):
+        make(backend="compiled")
+    assert backends.backend_for("auto", torch.device("cpu")) == "torch"  # auto falls back to the torch scan
+
+
+@pytest.mark.skipif(not numba_installed(), reason="numba not installed")
+def test_compiled_on_gpu_tensors_is_an_error_not_a_fallback():
+    with pytest.raises(mkeval_mamba.BackendUnavailable, match="runs on CPU tensors"):
+        backends.backend_for("compiled", torch.device("cuda"))
+
+
+def test_compiled_and_torch_backends_give_the_same_logits_and_gradients():
+    if not numba_installed():
+        pytest.skip("numba not installed")
+    ids = torch.randint(0, VOCAB, (2, 45), generator=torch.Generator().manual_seed(3))
+    results = []
+    for backend in ("compiled", "torch"):
+        model = make(backend=backend, chunk_size=8)
+        logits = model(ids)
+        logits.square().mean().backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_unknown_backend_is_a_usage_error_with_a_suggestion(monkeypatch):
     monkeypatch.setenv("MKEVAL_MAMBA_BACKEND", "troch")
     with pytest.raises(UsageError, match="Did you mean 'torch'"):
@@ -491,7 +543,7 @@ def test_env_var_and_option_select_the_backend_and_it_is_recorded(monkeypatch):
     assert make(backend="torch").backend == "torch"  # the option wins over the environment
     monkeypatch.delenv("MKEVAL_MAMBA_BACKEND")
     fast = make()
-    assert fast.backend == "torch"
+    assert fast.backend == DEFAULT_CPU_BACKEND
     ids = torch.randint(0, VOCAB, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(fast(ids), ref(ids), rtol=0, atol=1e-5)

@@ -1,4 +1,5 @@
-"""The BK resolvent-diagonal op and its backends. Nothing here imports model code or mkeval."""
+"""The BK resolvent-diagonal op and its backends. Nothing here imports model code; only the
+compiled backend imports mkeval (``mkeval.threads``, to share work among threads)."""
 
 from .op import (
     BACKEND_ENV,

@@ -11,16 +11,21 @@ shapes only):
 Every backend provides the causal recursion only: ``forward(a, b, zr, zi, out_dtype) -> g``
 and ``backward(g, b, w, out_dtype) -> Lambda`` on flattened ``[S, N]`` systems (see
 ``reference.py`` for the maths). The non-causal diagonal is assembled here from a forward
-and a backward (reversed) causal pass, so it is exact on every backend too.
+and a backward (reversed) causal pass, so it is exact on every backend too. A backend may
+also fuse the whole causal op (``op_forward``, ``op_backward``: the op's own inputs, outputs
+and gradients, no PyTorch ops around the kernel); the compiled backend does.
 
 Backends: ``reference`` (per-position loops), ``cpu`` (chunked PyTorch scan; runs on any
-device), ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``). CUDA tensors use
-``triton`` when it imports, everything else ``cpu``; ``MKEVAL_BK_BACKEND`` forces one.
+device), ``compiled`` (the sequential recursion compiled by numba; CPU tensors),
+``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``). CUDA tensors use ``triton`` when it
+imports, CPU tensors ``compiled`` when numba is installed, everything else ``cpu``;
+``MKEVAL_BK_BACKEND`` forces one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 from collections.abc import Iterator
@@ -32,7 +37,7 @@ from torch import Tensor
 
 from . import cpu, reference
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "compiled", "triton")
 BACKEND_ENV = "MKEVAL_BK_BACKEND"
 
 
@@ -66,6 +71,24 @@ def _triton_module(device: torch.device) -> ModuleType:
     return triton_kernels
 
 
+def _compiled_module(device: torch.device) -> ModuleType:
+    if device.type != "cpu":
+        raise BackendUnavailable(f"the compiled backend runs on CPU tensors, not {device.type}; use triton or cpu")
+    try:
+        from . import compiled
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the compiled backend needs the `numba` package ({exc}); `pip install numba`, or use "
+            f"{BACKEND_ENV}=cpu for the chunked PyTorch scan"
+        ) from exc
+    return compiled
+
+
+def _numba_installed() -> bool:
+    # find_spec, not import: importing numba takes a quarter of a second, paid on first use instead
+    return importlib.util.find_spec("numba") is not None
+
+
 _forced: str | None = None
 
 
@@ -84,7 +107,7 @@ def forced_backend(name: str | None) -> Iterator[None]:
 
 def backend_name(device: torch.device) -> str:
     """The backend that runs on ``device``: ``forced_backend``, else ``MKEVAL_BK_BACKEND``,
-    else triton on CUDA (when it imports) and cpu elsewhere."""
+    else triton on CUDA (when it imports), compiled on CPU (when numba is installed), cpu elsewhere."""
     forced = _forced or os.environ.get(BACKEND_ENV, "").strip()
     if forced:
         if forced not in BACKENDS:
@@ -96,6 +119,8 @@ def backend_name(device: torch.device) -> str:
             return "triton"
         except BackendUnavailable:
             return "cpu"
+    if device.type == "cpu" and _numba_installed():
+        return "compiled"
     return "cpu"
 
 
@@ -105,6 +130,8 @@ def _backend(device: torch.device) -> Any:
         return _ReferenceBackend
     if name == "cpu":
         return cpu
+    if name == "compiled":
+        return _compiled_module(device)
     return _triton_module(device)
 
 
@@ -229,6 +256,14 @@ def _backward(
 def resolvent_diagonal_op(diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor, causal: bool) -> Tensor:
     """The resolvent diagonal as ``[..., N, 2]`` (real, imaginary); see ``resolvent_diagonal``."""
     _check_shapes(diag, off, z_re, z_im)
+    backend = _backend(diag.device)
+    if causal and diag.numel() and hasattr(backend, "op_forward"):
+        # a fused backend checks the values itself, and returns None if one is bad
+        out = backend.op_forward(*_flat(diag, off, z_re, z_im))
+        if out is None:
+            _check_values(diag, off, z_re, z_im)  # raises, naming the first bad entry
+            raise RuntimeError(f"the {backend_name(diag.device)} backend refused inputs that pass the value checks")
+        return out.reshape(diag.shape + (2,))
     _check_values(diag, off, z_re, z_im)
     if diag.numel() == 0:
         return diag.new_zeros(diag.shape + (2,))
@@ -249,6 +284,12 @@ def resolvent_diagonal_backward_op(
     """Gradients of ``resolvent_diagonal_op`` with respect to ``diag, off, z_re, z_im``."""
     if diag.numel() == 0:
         return torch.zeros_like(diag), torch.zeros_like(off), torch.zeros_like(z_re), torch.zeros_like(z_im)
+    backend = _backend(diag.device)
+    if causal and hasattr(backend, "op_backward"):
+        n = diag.shape[-1]
+        s = diag.numel() // n
+        grads = backend.op_backward(grad.reshape(s, n, 2), out.reshape(s, n, 2), off.reshape(s, n - 1))
+        return tuple(g.reshape(t.shape) for g, t in zip(grads, (diag, off, z_re, z_im)))
     return tuple(t.contiguous() for t in _backward(grad, out, diag, off, z_re, z_im, causal))
 
 
@@ -332,7 +373,9 @@ def _check_tensors(diag: Tensor, off: Tensor) -> None:
 
 def _call(diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor, causal: bool) -> Tensor:
     try:
-        batch = torch.broadcast_shapes(diag.shape[:-1], off.shape[:-1], z_re.shape, z_im.shape)
+        batch = diag.shape[:-1]
+        if off.shape[:-1] != batch or any(t.shape not in ((), batch) for t in (z_re, z_im)):
+            batch = torch.broadcast_shapes(batch, off.shape[:-1], z_re.shape, z_im.shape)  # ~20 us: not always
     except RuntimeError as exc:
         raise ValueError(
             f"batch shapes do not broadcast: diag {tuple(diag.shape[:-1])}, off {tuple(off.shape[:-1])}, "

@@ -1,0 +1,1 @@
+"""Other tools: transformers export, lm-evaluation-harness (model and results format)."""
