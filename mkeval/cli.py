@@ -253,7 +253,7 @@ class RunProgress:
 
 # ---------------------------------------------------------------------------- report
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.core import build_report, print_report, write_report
+    from .report import build_report, print_report, write_report
 
     report = build_report(args.directory, baseline=args.baseline)
     print_report(report, out)

@@ -1,4 +1,8 @@
-"""Official downstream-task metrics from per-example prediction records, and GLUE/SuperGLUE averaging.
+"""Official downstream-task metrics from per-example prediction records.
+
+Metrics are scoring rules any task spec may name (``metrics: [squad]`` suits any extractive QA
+task), so they live in the core; what belongs to one benchmark (its readers, its averages)
+lives in the tasks plugin.
 
 Standard metrics are scikit-learn's and scipy's. Written by hand, because no maintained library
 ships them as the official scripts define them: SQuAD v1.1 answer normalisation and token F1
@@ -178,26 +182,3 @@ def task_score(metrics: dict[str, float]) -> float:
     if not metrics:
         raise ValueError("a task with no metric values has no score")
     return fmean(metrics.values())
-
-
-def benchmark_average(task_metrics: dict[str, dict[str, float]], members: Sequence[str],
-                      merge: dict[str, Sequence[str]] | None = None) -> dict:
-    """The GLUE/SuperGLUE average: mean of task scores, with ``merge`` groups counting as one task.
-
-    ``tasks_evaluated``/``tasks_missing`` name members; ``task_scores`` is keyed by leaderboard task.
-    """
-    leaderboard_of = {m: task for task, group in (merge or {}).items() for m in group}
-    groups: dict[str, list[str]] = {}
-    for member in members:
-        groups.setdefault(leaderboard_of.get(member, member), []).append(member)
-    scores = {}
-    for task, group in groups.items():
-        present = [task_score(task_metrics[m]) for m in group if m in task_metrics]
-        if present:
-            scores[task] = fmean(present)
-    evaluated = [m for m in members if m in task_metrics]
-    missing = [m for m in members if m not in task_metrics]
-    return {"average": fmean(scores.values()) if not missing and scores else None,
-            "average_over_evaluated": fmean(scores.values()) if scores else None,
-            "task_scores": scores, "tasks_evaluated": evaluated, "tasks_missing": missing,
-            "complete": not missing}

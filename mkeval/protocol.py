@@ -152,58 +152,6 @@ class Protocol:
 NUMBER_NEUTRAL = frozenset({"checkpoint_interval"})
 """Protocol fields that change how a run proceeds but never a number: not part of any hash."""
 
-RUN_KEYS = ("models", "datasets", "tasks", "precisions", "output_dir", "data_dir", "limit", "match_params", "split_map",
-            "model_options", "dataset_options", "include_path", "skip_bad_rows", "dev_holdout",
-            "allow_test_contamination")
-"""Keys a config file may hold besides protocol fields (what to run, not how)."""
-
-
-def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a YAML config: ``(protocol_fields, run_keys)``. Errors name the file and line."""
-    path = Path(path)
-    data, root = read_yaml(path, "--config")
-    if data is None:
-        return {}, {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}:1: a config file must be a mapping of field: value")
-    lines = {k.value: k.start_mark.line + 1 for k, _ in root.value} if isinstance(root, yaml.MappingNode) else {}
-    known = {f.name: f for f in fields(Protocol)}
-    protocol_values: dict[str, Any] = {}
-    run_values: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{path}:{lines.get(key, 1)}"
-        if key in RUN_KEYS:
-            run_values[key] = _check_run_key(key, value, where)
-        elif key in known:
-            protocol_values[key] = _coerce(key, value, where)
-        else:
-            choices = ", ".join(sorted(list(known) + list(RUN_KEYS)))
-            raise UsageError(f"{where}: unknown config key {key!r}; known keys: {choices}")
-    try:
-        Protocol(**{**Protocol().to_dict(), **protocol_values})
-    except UsageError as exc:
-        bad = next((k for k in protocol_values if repr(k) in str(exc)), None)
-        where = f"{path}:{lines.get(bad, 1)}" if bad else str(path)
-        raise UsageError(f"{where}: {exc}") from exc
-    return protocol_values, run_values
-
-
-def config_positions(path: str | Path) -> dict[str, str]:
-    """``file:line`` of every key of a config file, nested keys dotted (``model_options.bk.d_model``)."""
-    path = Path(path)
-    _, root = read_yaml(path, "--config")
-    out: dict[str, str] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                name = f"{prefix}{key.value}"
-                out[name] = f"{path}:{key.start_mark.line + 1}"
-                walk(value, name + ".")
-    walk(root, "")
-    return out
-
-
 def read_yaml(path: Path, label: str) -> tuple[Any, Any]:
     """``(data, node tree)`` of a YAML file, safe loader only; errors name the file and line."""
     try:
@@ -220,42 +168,6 @@ def read_yaml(path: Path, label: str) -> tuple[Any, Any]:
         if context and context_mark is not None:  # an unclosed bracket's problem is at the end of the file
             detail = f"{detail} ({context} at line {context_mark.line + 1})"
         raise UsageError(f"{where}: malformed YAML: {detail}") from None
-
-
-def _check_run_key(key: str, value: Any, where: str) -> Any:
-    if key == "limit":
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UsageError(f"{where}: limit must be a positive integer, got {value!r}")
-    elif key == "split_map":
-        if not isinstance(value, (str, dict)):
-            raise UsageError(f"{where}: split_map must be ROLE=SPLIT text or a mapping, got {value!r}")
-    elif key in ("skip_bad_rows", "dev_holdout", "allow_test_contamination"):
-        if not isinstance(value, bool):
-            raise UsageError(f"{where}: {key} must be true or false, got {value!r}")
-    elif key == "include_path":
-        if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise UsageError(f"{where}: include_path must be a folder or a list of folders, got {value!r}")
-    elif key in ("model_options", "dataset_options"):
-        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-            raise UsageError(f"{where}: {key} must map a name to a mapping of options, got {value!r}")
-    elif key in ("models", "datasets", "tasks", "precisions"):
-        if not isinstance(value, str) and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise UsageError(f"{where}: {key} must be a comma-separated string or a list of names, got {value!r}")
-    elif not isinstance(value, str):
-        raise UsageError(f"{where}: {key} must be a string, got {value!r}")
-    return value
-
-
-def _coerce(key: str, value: Any, where: str) -> Any:
-    default = getattr(Protocol(), key)
-    if isinstance(default, tuple):
-        value = value if isinstance(value, list) else [value]
-        return tuple(value)
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if default is not None and type(value) is not type(default):
-        raise UsageError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
-    return value
 
 
 def stable_hash(obj: Any) -> str:

@@ -49,3 +49,25 @@ def test_example_plugin_runs_beside_a_built_in_model(installed, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mkeval", "check", "gru"], capture_output=True, text=True,
                           env=installed)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_a_third_party_benchmark_group_aggregates_and_reports_like_glue(installed, tmp_path):
+    """The example registers two tasks in its own group `arith` and the group's aggregator; the unit
+    summary holds the aggregator's section and `mkeval report` shows its row, as for GLUE's average."""
+    proc = subprocess.run([sys.executable, "-m", "mkeval", "run", "--models", "transformer", "--tasks", "arith",
+                           "--data-dir", str(EXAMPLE / "data"), "--output-dir", str(tmp_path), "--limit", "24"],
+                          capture_output=True, text=True, env=installed)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "transformer_downstream.json").read_text())
+    section = summary["arith"]
+    tasks = {t: json.loads((tmp_path / f"downstream/transformer/{t}.json").read_text())
+             for t in ("arith_even", "arith_less")}
+    accuracies = {t: r["finetune"]["metrics"]["accuracy"] for t, r in tasks.items()}
+    assert section["accuracies"] == accuracies and section["complete"]
+    assert section["mean_accuracy"] == pytest.approx(sum(accuracies.values()) / 2)
+    assert "arith" in summary["benchmark_groups"] and "other" not in summary
+    report = subprocess.run([sys.executable, "-m", "mkeval", "report", str(tmp_path)], capture_output=True,
+                            text=True, env=installed)
+    assert report.returncode == 0, report.stderr
+    row = next(line for line in report.stdout.splitlines() if "(mean accuracy)" in line)
+    assert "arith" in row and f"{section['mean_accuracy']:.4f}" in row

@@ -262,10 +262,14 @@ def test_stale_plots_are_removed_and_other_files_kept(bigram_run, tmp_path):
     (directory / "plots" / "perplexity_by_precision.png").write_bytes(b"old")
     (directory / "plots" / "downstream_glue.png").write_bytes(b"old")
     (directory / "plots" / "my_own.png").write_bytes(b"mine")
+    # what a previous report drew (its index), e.g. before the run lost its downstream results
+    (directory / "plots" / "plots.json").write_text(json.dumps(["perplexity_by_precision", "downstream_glue"]))
     assert main(["report", str(directory), "--html"]) == 0
     left = {p.name for p in (directory / "plots").iterdir()}
     assert "perplexity_by_precision.png" not in left and "downstream_glue.png" not in left
     assert "my_own.png" in left
+    drawn = set(json.loads((directory / "plots" / "plots.json").read_text()))
+    assert {f"{name}.png" for name in drawn} == left - {"my_own.png", "plots.json"}
 
 
 def test_report_without_html_loads_no_plotting(bigram_run, tmp_path):

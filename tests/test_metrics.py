@@ -11,10 +11,11 @@ from sklearn import metrics as skm
 
 from mkeval.errors import UsageError
 from mkeval.metrics import (
-    METRICS, MetricContext, accuracy, benchmark_average, compute_metrics, f1, macro_f1, matthews_corrcoef,
+    METRICS, MetricContext, accuracy, compute_metrics, f1, macro_f1, matthews_corrcoef,
     multirc_scores, normalize_answer, pearson, record_scores, spearman, squad_exact_match, squad_f1,
     squad_scores, task_score,
 )
+from mkeval_tasks.groups import benchmark_average  # GLUE/SuperGLUE's leaderboard rule: the tasks plugin's
 
 # idx:   0  1  2  3  4  5
 REFS = ["1", "0", "1", "1", "0", "1"]

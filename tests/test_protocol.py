@@ -6,7 +6,6 @@ import json
 import pytest
 
 from mkeval import Protocol, UsageError
-from mkeval.protocol import load_config
 
 
 def test_hash_is_sha256_of_canonical_json():
@@ -50,46 +49,3 @@ def test_invalid_values_name_the_field(field, value, match):
 def test_budget_smaller_than_one_batch_is_refused():
     with pytest.raises(UsageError, match="train_tokens"):
         Protocol(batch_size=16, seq_lens=(128,), train_tokens=100)
-
-
-def test_yaml_config(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.001\nseq_lens: [64, 128]\nmodels: transformer\nwarmup_steps: 5\n")
-    protocol_values, run_values = load_config(cfg)
-    assert protocol_values == {"lr": 0.001, "seq_lens": (64, 128), "warmup_steps": 5}
-    assert run_values == {"models": "transformer"}
-
-
-def test_yaml_unknown_key_names_file_and_line(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.001\n\nlearning_rate: 3\n")
-    with pytest.raises(UsageError, match=r"c\.yaml:3: unknown config key 'learning_rate'"):
-        load_config(cfg)
-
-
-def test_malformed_yaml_names_file_and_line(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.001\nseq_lens: [64, 128\nbatch_size: 4\n")
-    with pytest.raises(UsageError, match=r"c\.yaml:\d+: malformed YAML"):
-        load_config(cfg)
-
-
-def test_yaml_bad_value_names_line(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 0.001\nbatch_size: -3\n")
-    with pytest.raises(UsageError, match=r"c\.yaml:2: .*batch_size"):
-        load_config(cfg)
-
-
-def test_yaml_wrong_type_names_line(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("batch_size: many\n")
-    with pytest.raises(UsageError, match=r"c\.yaml:1: batch_size must be a int"):
-        load_config(cfg)
-
-
-def test_yaml_cannot_run_code(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: !!python/object/apply:os.system ['echo hacked']\n")
-    with pytest.raises(UsageError, match="malformed YAML"):
-        load_config(cfg)

@@ -300,10 +300,10 @@ def test_a_failing_dataset_is_recorded_and_the_others_continue(reg, tiny_protoco
 def test_duplicate_lengths_or_seeds_are_refused(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("seq_lens: [16, 16]\n")
-    from mkeval.protocol import load_config
+    from mkeval.runner.request import read_config
 
     with pytest.raises(UsageError, match=r"c\.yaml:1: .*seq_lens.*once"):
-        load_config(cfg)
+        read_config(cfg)
 
 
 def test_malformed_result_files_are_ignored_by_resume_and_report(reg, tiny_protocol, tmp_path):

@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 
 from mkeval.metrics import MetricContext, compute_metrics, task_score
-from mkeval.significance import (MIN_SEEDS, Comparison, _Scorer, compare_models, paired_examples,
-                                 seed_scores_test, task_metrics)
+from mkeval.significance import MIN_SEEDS, Comparison, compare_models, paired_examples, seed_scores_test, task_metrics
+from mkeval.significance.scorer import _Scorer
 
 
 def _hits(hits, positive="1"):

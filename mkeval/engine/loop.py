@@ -248,16 +248,8 @@ def train(
                 tps = outcome.tokens_trained / step_timer.seconds if step_timer.seconds else 0.0
                 progress("step", step=step + 1, steps=steps, loss=loss_value, tokens_per_second=tps)
             if (step + 1) % protocol.eval_interval == 0 or step + 1 == steps:
-                result = evaluate_lm(model, val_windows, protocol.batch_size, precision, device)
-                count = loop["interval_count"]
-                outcome.interval_losses.append(loop["interval_sum"] / count if count else math.nan)
-                loop["interval_sum"], loop["interval_count"] = 0.0, 0
-                outcome.eval_steps.append(step + 1)
-                outcome.val_evals.append(result)
-                if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
-                    loop["best_loss"] = result.loss
-                    outcome.best_step = step + 1
-                    save_checkpoint(model, checkpoint)
+                result = _validate(model, val_windows, protocol, precision, device, step + 1, outcome, loop,
+                                   checkpoint)
                 if progress is not None:
                     progress("eval", step=step + 1, steps=steps, perplexity=result.perplexity)
             interval = protocol.checkpoint_interval
@@ -273,6 +265,24 @@ def train(
     if outcome.best_step < 0:
         raise CellFailed("validation loss was never finite; no checkpoint to evaluate")
     return outcome
+
+
+def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision: PrecisionSpec,
+              device: torch.device, step: int, outcome: TrainOutcome, loop: dict[str, Any],
+              checkpoint: Path) -> LMEval:
+    """A validation point: the interval's mean training loss, the validation evaluation, and the
+    checkpoint kept when it is the best so far."""
+    result = evaluate_lm(model, windows, protocol.batch_size, precision, device)
+    count = loop["interval_count"]
+    outcome.interval_losses.append(loop["interval_sum"] / count if count else math.nan)
+    loop["interval_sum"], loop["interval_count"] = 0.0, 0
+    outcome.eval_steps.append(step)
+    outcome.val_evals.append(result)
+    if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
+        loop["best_loss"] = result.loss
+        outcome.best_step = step
+        save_checkpoint(model, checkpoint)
+    return result
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:

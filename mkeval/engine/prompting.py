@@ -18,7 +18,7 @@ from torch import nn
 
 from .precision import autocast
 from ..registry.contracts import PrecisionSpec
-from ..data.taskspec import TaskConfig, canon, render, template_fields
+from ..data.taskspec import TaskConfig, canon, render
 from ..data.tokenizers import Tokenizer
 
 

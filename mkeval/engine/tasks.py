@@ -198,28 +198,36 @@ def run_task(unit: Unit, config: TaskConfig, data: TaskData, start: Start | None
             }
             del model, head
     if config.prompt is not None:
-        modes: dict[str, Any] = {}
         model = fresh()
-        shots_pool = data.rows.get("fewshot", [])
-        for k in protocol.fewshot:
-            name = f"{k}-shot"
-            if k > len(shots_pool):
-                modes[name] = {"status": "skipped", "reason": f"{k} shots asked for, the few-shot split has "
-                               f"{len(shots_pool)} examples ({data.missing.get('fewshot', 'present')})"}
-                continue
-            records, notes = score_prompt(model, config, tok, data.rows["eval"], shots_pool[:k], max_len,
-                                          protocol.ft_batch_size * len(config.prompt.choices), precision, device)
-            if records is None:  # the tokenizer cannot tell the options apart: no number, the reason
-                modes[name] = {"status": "degenerate", "reason": notes["degenerate"],
-                               "examples": len(data.rows["eval"]), **notes}
-                continue
-            path = folder / f"{config.name}.{k}shot.predictions.jsonl"
-            _write_predictions(path, records)
-            modes[name] = {"status": "ok", "metrics": compute_metrics(config.metrics, records, context),
-                           "predictions_file": path.name, "examples": len(records), **notes}
-        result["prompt"] = modes
+        result["prompt"] = prompt_modes(model, config, data, tok, max_len, protocol, precision, device, folder,
+                                        context)
         del model
     return result
+
+
+def prompt_modes(model: torch.nn.Module, config: TaskConfig, data: TaskData, tok: Tokenizer, max_len: int,
+                 protocol: Protocol, precision: Any, device: torch.device, folder: Path,
+                 context: MetricContext) -> dict[str, Any]:
+    """Each shot count's log-likelihood scoring: metrics and a predictions file, or why there is no score."""
+    modes: dict[str, Any] = {}
+    shots_pool = data.rows.get("fewshot", [])
+    for k in protocol.fewshot:
+        name = f"{k}-shot"
+        if k > len(shots_pool):
+            modes[name] = {"status": "skipped", "reason": f"{k} shots asked for, the few-shot split has "
+                           f"{len(shots_pool)} examples ({data.missing.get('fewshot', 'present')})"}
+            continue
+        records, notes = score_prompt(model, config, tok, data.rows["eval"], shots_pool[:k], max_len,
+                                      protocol.ft_batch_size * len(config.prompt.choices), precision, device)
+        if records is None:  # the tokenizer cannot tell the options apart: no number, the reason
+            modes[name] = {"status": "degenerate", "reason": notes["degenerate"], "examples": len(data.rows["eval"]),
+                           **notes}
+            continue
+        path = folder / f"{config.name}.{k}shot.predictions.jsonl"
+        _write_predictions(path, records)
+        modes[name] = {"status": "ok", "metrics": compute_metrics(config.metrics, records, context),
+                       "predictions_file": path.name, "examples": len(records), **notes}
+    return modes
 
 
 def task_result(unit: Unit, config: TaskConfig, protocol: Protocol, options: RunOptions, task_hash: str,

@@ -196,7 +196,8 @@ class GroupSpec:
     that ran (``mkeval.results.downstream``) and their ``TaskConfig`` by name; it returns the
     group's section of ``{unit}_downstream.json`` (any JSON data), which must hold ``report_rows``:
     a list of ``{"row": str, "mode": str, "metric": str, "value": float | None}`` that reports show
-    (and may give ``"chart": name`` to draw rows of one chart together). ``pool`` says whether a
+    (a row may add ``"chart": NAME``: the rows of one chart are drawn together, one panel per mode,
+    as ``{group}_{NAME}.png``). ``pool`` says whether a
     comparison of two models pools the group's tasks (their examples scored by plain accuracy) into
     one test, as for MMLU's subjects. Tasks of no aggregated group are reported under ``other``.
     """

@@ -2,7 +2,7 @@
 
 The tables are those of ``report.md``, built by the same functions of ``mkeval.report``, so the
 numbers and their marks are the same; each mark symbol also carries its meaning as a tooltip.
-The figures (``mkeval.plots``) are embedded as base64 PNG ``data:`` URIs and the CSS is inline:
+The figures (``mkeval.report.plots``) are embedded as base64 PNG ``data:`` URIs and the CSS is inline:
 the page makes no request, so it opens offline, mailed or copied anywhere. It is written with
 the standard library's ``html.escape``: a few tables and images need no template engine.
 Imported only by ``mkeval report --html`` (it loads matplotlib). docs/report.md describes the page.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 from .. import __version__
 from .plots import Plot, draw_all, write_plots
-from .core import (FEWER_SHOTS_SYMBOL, MARK_COLUMN, MARK_SYMBOLS, TIE_SYMBOL, TRUNCATED_SHARE, TRUNCATED_SYMBOL,
-                     Report, comparison_table, downstream_table)
+from .core import Report
+from .downstream import comparison_table, downstream_table
+from .marks import FEWER_SHOTS_SYMBOL, MARK_COLUMN, MARK_SYMBOLS, TIE_SYMBOL, TRUNCATED_SHARE, TRUNCATED_SYMBOL
 from ..results import write_text
 
 HTML_FILE = "report.html"

@@ -266,12 +266,16 @@ def _compiled(u):
 
 
 def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
-    """As ``_scan_forward``, in ``compiled.py`` (recurrence, ``D u`` and the gate); ``enter`` has
-    the same layout. dt's bias and softplus stay here: torch vectorises softplus."""
+    """As ``_scan_forward``, with the recurrence in ``compiled.py``; ``enter`` has the same layout.
+    The elementwise work around it (dt's bias and softplus, ``D u``, the gate) stays in torch,
+    whose vectorised kernels do it faster than scalar compiled code."""
     ct = _compute_dtype(u.dtype)
     dt = _delta_full(delta, delta_bias, ct)
     dt = F.softplus(dt) if delta_softplus else dt
-    out, enter, y = _compiled(u).forward(dt, u, A, B, C, D, z, chunk_size)
+    y, enter = _compiled(u).forward(dt, u, A, B, C, chunk_size)
+    if D is not None:
+        y = torch.addcmul(y, u.to(ct), D[:, None].to(ct))
+    out = y if z is None else y * F.silu(z.to(ct))
     return out.to(u.dtype), enter, y
 
 

@@ -111,9 +111,10 @@ def mmlu(results: dict[str, Any], specs: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for mode in sorted(modes, key=lambda m: (m != FINETUNED, int(m.split("-")[0]) if m[0].isdigit() else 0)):
         sec = out["modes"][mode]
-        rows += [{"row": "all subjects", "mode": mode, "metric": "accuracy", "value": sec["accuracy"]},
+        rows += [{"row": "all subjects", "mode": mode, "metric": "accuracy", "value": sec["accuracy"],
+                  "chart": "categories"},
                  {"row": "all subjects", "mode": mode, "metric": "macro accuracy", "value": sec["macro_accuracy"]}]
-        rows += [{"row": category, "mode": mode, "metric": "accuracy", "value": value, "chart": "by category"}
+        rows += [{"row": category, "mode": mode, "metric": "accuracy", "value": value, "chart": "categories"}
                  for category, value in sec["category_scores"].items()]
     out["report_rows"] = rows
     return out

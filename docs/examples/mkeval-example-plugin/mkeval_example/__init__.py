@@ -1,4 +1,8 @@
-"""An example third-party mkeval plugin: one model (``gru``) and one dataset (``repeat``)."""
+"""An example third-party mkeval plugin: a model (``gru``), a dataset (``repeat``), and a benchmark
+(``arith``: two toy tasks and the group's own aggregator, which ``mkeval report`` shows like GLUE's)."""
+
+from pathlib import Path
+from statistics import fmean
 
 import torch
 from torch import nn
@@ -48,3 +52,35 @@ def register_models(register):
 def register_datasets(register):
     register(mkeval.DatasetSpec(name="repeat", load=load_repeat, synthetic=True,
                                 description="a repeated random pattern (example plugin)"))
+
+
+TASKS = Path(__file__).resolve().parent / "tasks"
+
+
+@mkeval.hookimpl
+def register_tasks(register):
+    for spec in mkeval.task_specs(TASKS):
+        register(spec)
+
+
+def aggregate_arith(results, specs):
+    """The group's section of a unit's summary: the mean accuracy over the arith tasks that scored.
+
+    ``results``: this unit's TaskResult per member task that ran; ``specs``: every member's spec.
+    ``report_rows`` are what reports show (a row, its mode, metric and value)."""
+    accuracies = {}
+    for name, result in results.items():
+        head = result.headline()  # (mode, metrics): fine-tuned if it ran, else the prompt mode with most shots
+        if head is not None:
+            accuracies[name] = head[1]["accuracy"]
+    mean = fmean(accuracies.values()) if accuracies else None
+    complete = set(accuracies) == set(specs)
+    return {"accuracies": accuracies, "mean_accuracy": mean if complete else None, "complete": complete,
+            "report_rows": [{"row": "(mean accuracy)", "mode": "", "metric": "accuracy",
+                             "value": mean if complete else None}]}
+
+
+@mkeval.hookimpl
+def register_benchmark_groups(register):
+    register(mkeval.GroupSpec(name="arith", aggregate=aggregate_arith,
+                              description="arith: the mean accuracy of its tasks (example plugin)"))

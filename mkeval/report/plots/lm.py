@@ -1,152 +1,17 @@
-"""The figures of ``mkeval report DIR --html``, drawn from a built ``Report`` (docs/report.md).
-
-Each ``draw_*`` function returns the ``Plot``s its part of the run supports, and none when the run
-has nothing for it (no downstream results, a single precision or length): a plot is only drawn
-for what exists. Values that are None or not finite (a diverged cell) are left out, never drawn
-as zero. Every mark a number carries is drawn where the number is: a mark's symbol beside the
-point or bar, ``≠`` (size not matched) after the model's name in the legend, and a task mode
-that has no score (degenerate, skipped, failed) as that word in place of its bar.
-
-Figures are ``matplotlib.figure.Figure`` objects on the Agg canvas, not pyplot: no global
-backend switch and nothing kept alive between reports. matplotlib is imported only when a
-figure is made, so ``mkeval report`` without ``--html`` never loads it.
-"""
+"""Language-modelling figures: learning curves, test perplexity per dataset, against precision and
+sequence length, against cost, and effective context."""
 
 from __future__ import annotations
 
-import io
-import math
-import re
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from ..results.aggregate import LMSummary, SeedStats, group_by
-from .core import (FEWER_SHOTS_SYMBOL, MARK_SYMBOLS, TIE_SYMBOL, TRUNCATED_SHARE, TRUNCATED_SYMBOL, Report,
-                     memory_header)
-from ..results import CellResult, atomic_write
-
-DPI = 100
-PANEL = (4.6, 3.3)  # inches per panel
-COLUMNS = 3  # panels per row
-
-T_INTERVAL = ("bars: 95% Student-t interval of the mean over seeds (n ≥ 2); a value from a single seed has no "
-              "error bar, since the spread over training seeds is unknown (the legend says so)")
-NO_INTERVAL, NO_BAND = "no error bar", "no band"
-SIZE_NOTE = f"{MARK_SYMBOLS['size_not_matched']} after a model's name: its size was not matched to the reference's"
-
-
-@dataclass
-class Plot:
-    """One figure: ``name`` is its file stem under ``plots/``; the caption says what is drawn and which interval."""
-
-    name: str
-    title: str
-    caption: str
-    figure: Any  # matplotlib.figure.Figure
-
-    def png(self) -> bytes:
-        buf = io.BytesIO()
-        # no timestamp or version in the file: the same results give the same bytes
-        self.figure.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-        return buf.getvalue()
-
-
-# --------------------------------------------------------------------------- helpers
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _figure(panels: int, columns: int = COLUMNS, size: tuple[float, float] = PANEL) -> tuple[Any, list[Any]]:
-    """A figure of ``panels`` axes in rows of ``columns``, drawn by the Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = max(1, min(columns, panels))
-    rows = math.ceil(panels / columns)
-    fig = Figure(figsize=(size[0] * columns + 1.6, size[1] * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    grid = fig.subplots(rows, columns, squeeze=False)
-    axes = [ax for row in grid for ax in row]
-    for ax in axes[panels:]:
-        ax.set_visible(False)
-    return fig, axes[:panels]
-
-
-class Palette:
-    """One colour per model (or downstream group) across every figure of a report."""
-
-    def __init__(self, names: Iterable[str]) -> None:
-        from matplotlib import colormaps
-
-        colours = colormaps["tab10"].colors
-        self.colours = {n: colours[i % len(colours)] for i, n in enumerate(dict.fromkeys(names))}
-
-    def __call__(self, name: str) -> Any:
-        return self.colours.get(name, "0.4")
-
-
-def _unmatched_models(report: Report) -> set[str]:
-    return {r.model_name for r in report.results if "size_not_matched" in (r.marks or {})}
-
-
-def _label(name: str, unmatched: set[str]) -> str:
-    return name + (f" {MARK_SYMBOLS['size_not_matched']}" if name in unmatched else "")
-
-
-def _symbols(cells: Iterable[CellResult], *marks: str) -> str:
-    found = {k for r in cells for k in (r.marks or {})}
-    return "".join(MARK_SYMBOLS[k] for k in marks if k in found)
-
-
-def _legend(fig: Any, palette: Palette, names: Iterable[str], unmatched: set[str], marker: str = "o",
-            single: str = "") -> None:
-    """The models' colours; ``single`` says, under the title, what a one-seed value lacks (its interval or band)."""
-    from matplotlib.lines import Line2D
-
-    names = list(dict.fromkeys(names))
-    if names:
-        handles = [Line2D([], [], color=palette(n), marker=marker, label=_label(n, unmatched)) for n in names]
-        title = "model" + (f"\n(one seed: {single})" if single else "")
-        fig.legend(handles=handles, loc="outside right upper", title=title, fontsize=9, title_fontsize=9)
-
-
-def _errorbar(ax: Any, x: float, stats: SeedStats, colour: Any, marker: str = "o", dots: bool = True) -> None:
-    """The mean with its seed t-interval (none with one seed) and each seed's value as a small dot."""
-    if stats.mean is None:
-        return
-    if stats.low is not None and stats.high is not None:
-        ax.errorbar([x], [stats.mean], yerr=[[stats.mean - stats.low], [stats.high - stats.mean]], fmt=marker,
-                    color=colour, capsize=3, markersize=5)
-    else:
-        ax.plot([x], [stats.mean], marker=marker, color=colour, markersize=5, linestyle="none")
-    if dots and len(stats.values) > 1:
-        ax.plot([x] * len(stats.values), list(stats.values), marker=".", color=colour, alpha=0.45,
-                linestyle="none", markersize=4)
-
-
-def _single(stats: Iterable[SeedStats]) -> str:
-    """NO_INTERVAL when some plotted value comes from a single seed."""
-    return NO_INTERVAL if any(st.mean is not None and st.n == 1 for st in stats) else ""
-
-
-def _annotate(ax: Any, x: float, y: float, text: str, colour: Any = "black") -> None:
-    if text and _finite(x) and _finite(y):
-        ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=11, color=colour,
-                    fontweight="bold")
-
-
-def _log_if_positive(ax: Any, axis: str, values: Iterable[Any]) -> None:
-    """A log axis when the values are positive and span a factor of 10 or more, labelled with plain numbers."""
-    values = [v for v in values if _finite(v)]
-    if not values or min(values) <= 0 or max(values) / min(values) < 10:
-        return
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
-    target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
-    target.set_minor_formatter(NullFormatter())
+from ...results import CellResult
+from ...results.aggregate import LMSummary, group_by
+from ..core import Report
+from ..lm import memory_header
+from ..marks import MARK_SYMBOLS
+from .figure import (NO_BAND, SIZE_NOTE, T_INTERVAL, Palette, Plot, _annotate, _errorbar, _figure, _finite, _legend,
+                     _log_if_positive, _offsets, _single, _symbols, _unmatched_models)
 
 
 def _tokens_per_step(r: CellResult) -> float | None:
@@ -162,14 +27,6 @@ def _trained_summaries(report: Report) -> list[LMSummary]:
     return [s for s in report.summaries if s.cells and s.cells[0].precision_role == "trained"]
 
 
-def _model_order(report: Report) -> list[str]:
-    names = [r.model_name for r in report.results]
-    if report.downstream is not None:
-        names += list(report.downstream.groups)
-    return list(dict.fromkeys(names))
-
-
-# --------------------------------------------------------------------------- language modelling
 def draw_learning_curves(report: Report, palette: Palette) -> list[Plot]:
     """Validation perplexity against training tokens, one panel per dataset, length and training precision."""
     cells = [r for r in report.results if r.precision_role == "trained" and _tokens_per_step(r)
@@ -217,14 +74,6 @@ def draw_learning_curves(report: Report, palette: Palette) -> list[Plot]:
                  "precision. Line: mean over seeds; band: min–max over seeds (drawn with two seeds or more). "
                  f"{MARK_SYMBOLS['valid_is_train_text']} at a line's end: its validation read the training text. "
                  + SIZE_NOTE + ".", fig)]
-
-
-def _offsets(groups: int, width: float = 0.7) -> list[float]:
-    """Offsets of ``groups`` side-by-side items inside a category of the given width."""
-    if groups <= 1:
-        return [0.0]
-    step = width / groups
-    return [-width / 2 + step * (i + 0.5) for i in range(groups)]
 
 
 def draw_test_perplexity(report: Report, palette: Palette) -> list[Plot]:
@@ -454,161 +303,3 @@ def draw_effective_context(report: Report, palette: Palette) -> list[Plot]:
                  "changes (mean total variation distance, 0 to 1) when the token d positions back is replaced "
                  "(mkeval.probes); d = 0 is the token at t itself (symlog axis). Line: mean over seeds; band: "
                  "min–max over seeds. A model that ignores far tokens falls to 0. " + SIZE_NOTE + ".", fig)]
-
-
-# --------------------------------------------------------------------------- downstream
-def _stats_bar(ax: Any, y: float, stats: SeedStats, colour: Any, height: float, marks: str) -> None:
-    """A horizontal bar at the mean with the seed t-interval (n ≥ 2), each seed as a dot, marks beyond it."""
-    if stats.mean is None:
-        ax.text(0, y, "  no finite value", va="center", fontsize=8, color="0.35", style="italic")
-        return
-    interval = stats.low is not None and stats.high is not None
-    ax.barh([y], [stats.mean], height=height, color=colour, alpha=0.85,
-            xerr=[[stats.mean - stats.low], [stats.high - stats.mean]] if interval else None,
-            error_kw={"capsize": 2, "elinewidth": 1})
-    if len(stats.values) > 1:
-        ax.plot(list(stats.values), [y] * len(stats.values), marker=".", linestyle="none", color="black",
-                markersize=3, alpha=0.6)
-    if marks:
-        end = max(stats.mean, stats.high if interval else stats.mean, *stats.values)
-        ax.annotate(marks, (end, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=10,
-                    fontweight="bold")
-
-
-def _status_text(ax: Any, y: float, status: str, colour: Any) -> None:
-    ax.text(0, y, f" {status}", va="center", ha="left", fontsize=8, color=colour, style="italic",
-            fontweight="bold")
-
-
-def draw_downstream(report: Report, palette: Palette) -> list[Plot]:
-    """Per benchmark: every task, mode and metric as bars per model group, with the seed t-interval."""
-    d = report.downstream
-    if d is None or not d.rows:
-        return []
-    groups = list(d.groups)
-    unmatched = _unmatched_models(report)
-    plots = []
-    rows_by_bench = group_by(d.visible_rows(), lambda row: (row[0],))
-    for (bench,), rows in rows_by_bench.items():
-        items: list[tuple[str, str, dict[str, Any]]] = []  # (label, metric, group -> ModeScores or SeedStats)
-        for _, task, mode, metric, scores in rows:
-            items.append((f"{task} · {mode} · {metric}", metric, scores))
-        for b, row, metric, stats in d.aggregates:
-            if b == bench and b != "mmlu":  # MMLU's aggregates have their own figure
-                items.append((f"{row} · {metric}", metric, stats))
-        height = 0.8 / max(1, len(groups))
-        plotted: list[SeedStats] = []
-        fig, [ax] = _figure(1, size=(7.0, 0.32 * len(items) * max(1.0, len(groups) * 0.6) + 0.9))
-        for i, (_, metric, per_group) in enumerate(items):
-            for j, group in enumerate(groups):
-                y = i + _offsets(len(groups), 0.8)[j]
-                value = per_group.get(group)
-                if value is None:
-                    continue
-                if isinstance(value, SeedStats):
-                    _stats_bar(ax, y, value, palette(group), height, "")
-                    plotted.append(value)
-                elif value.status == "ok":
-                    stats = value.metrics.get(metric)
-                    if stats is not None:
-                        _stats_bar(ax, y, stats, palette(group), height, value.marks)
-                        plotted.append(stats)
-                elif value.status != "absent":
-                    _status_text(ax, y, value.status, palette(group))
-        ax.set_yticks(range(len(items)), [label for label, _, _ in items], fontsize=8)
-        ax.set_ylim(len(items) - 0.5, -0.5)
-        ax.axvline(0, color="0.3", linewidth=0.8)
-        ax.set_xlabel("score (metric as named; fractions)")
-        ax.set_title(f"{bench}", fontsize=10)
-        ax.grid(True, axis="x", alpha=0.3)
-        _legend(fig, palette, groups, unmatched, marker="s", single=_single(plotted))
-        caption = (f"Each {bench} task, mode and metric (and the benchmark's averages), a bar per model: the mean "
-                   f"over seeds (dots: each seed); error {T_INTERVAL}. A mode with no score is drawn as its status "
-                   "('degenerate': the tokenizer cannot tell the options apart; 'skipped'; 'failed') instead of a "
-                   f"bar. Beside a bar: {TIE_SYMBOL} some prompts tied, {TRUNCATED_SYMBOL} over "
-                   f"{100 * TRUNCATED_SHARE:.0f}% of prompts cut inside the question, {FEWER_SHOTS_SYMBOL} fewer "
-                   "shots fit than asked.")
-        plots.append(Plot(f"downstream_{_slug(bench)}", f"Downstream: {bench}", caption, fig))
-    return plots
-
-
-MMLU_ROW = re.compile(r"^(?P<category>.+) \((?P<mode>[^()]+)\)$")
-
-
-def draw_mmlu(report: Report, palette: Palette) -> list[Plot]:
-    """MMLU accuracy by category, a panel per mode (0-shot, 5-shot, fine-tuned ...), bars per model group."""
-    d = report.downstream
-    if d is None:
-        return []
-    modes: dict[str, dict[str, dict[str, SeedStats]]] = {}  # mode -> category -> group -> stats
-    for bench, row, metric, stats in d.aggregates:
-        match = MMLU_ROW.match(row)
-        if bench == "mmlu" and metric == "accuracy" and match:
-            modes.setdefault(match["mode"], {})[match["category"]] = stats
-    if not modes:
-        return []
-    groups = list(d.groups)
-    fig, axes = _figure(len(modes), columns=2, size=(5.6, 3.4))
-    for ax, (mode, categories) in zip(axes, modes.items()):
-        names = sorted(categories, key=lambda c: (c != "all subjects", c))
-        offsets = _offsets(len(groups))
-        for i, category in enumerate(names):
-            for j, group in enumerate(groups):
-                stats = categories[category].get(group)
-                if stats is None or stats.mean is None:
-                    continue
-                x = i + offsets[j]
-                interval = stats.low is not None and stats.high is not None
-                ax.bar([x], [stats.mean], width=0.7 / len(groups), color=palette(group), alpha=0.85,
-                       yerr=[[stats.mean - stats.low], [stats.high - stats.mean]] if interval else None,
-                       error_kw={"capsize": 2, "elinewidth": 1})
-                if len(stats.values) > 1:
-                    ax.plot([x] * len(stats.values), list(stats.values), marker=".", linestyle="none",
-                            color="black", markersize=3, alpha=0.6)
-        ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], fontsize=8, rotation=15)
-        ax.set_title(f"MMLU, {mode}", fontsize=10)
-        ax.set_ylabel("accuracy")
-        ax.grid(True, axis="y", alpha=0.3)
-    plotted = (st for categories in modes.values() for per_group in categories.values() for st in per_group.values())
-    _legend(fig, palette, groups, _unmatched_models(report), marker="s", single=_single(plotted))
-    return [Plot("mmlu_categories", "MMLU by category",
-                 "MMLU accuracy (weighted by questions) over all evaluated subjects and per category, a panel per "
-                 f"mode, a bar per model: the mean over seeds (dots: each seed); error {T_INTERVAL}.", fig)]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "other"
-
-
-# --------------------------------------------------------------------------- all of them
-DRAWERS = (draw_learning_curves, draw_test_perplexity, draw_precision, draw_seq_len, draw_downstream, draw_mmlu,
-           draw_cost, draw_effective_context)
-
-
-def draw_all(report: Report) -> list[Plot]:
-    """Every figure the report's results support, in the order the page shows them."""
-    palette = Palette(_model_order(report))
-    return [plot for draw in DRAWERS for plot in draw(report, palette)]
-
-
-STATIC_NAMES = {"learning_curves", "test_perplexity", "perplexity_by_precision", "perplexity_by_seq_len",
-                "mmlu_categories", "cost_quality", "effective_context"}
-
-
-def write_plots(plots: list[Plot], directory: Path) -> dict[str, bytes]:
-    """``directory/{name}.png`` for each plot (atomically); removes this module's PNGs that a previous
-    report drew and this one did not (a run that lost its downstream results keeps no stale figure).
-    Returns name -> the PNG bytes written."""
-    directory = Path(directory)
-    written = {}
-    for plot in plots:
-        data = plot.png()
-        atomic_write(directory / f"{plot.name}.png", lambda tmp, data=data: tmp.write_bytes(data))
-        written[plot.name] = data
-    if directory.is_dir():
-        for path in directory.glob("*.png"):
-            ours = path.stem in STATIC_NAMES or path.stem.startswith("downstream_")
-            if ours and path.stem not in written:
-                path.unlink()
-    return written
-
