@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -189,6 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                               f"data {fingerprint}")
             out.print(table)
         return 0
+    from .engine.distributed import launched
+
+    if launched() and os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone reports
+        run(config=args.config, **values)
+        return 0
     with RunProgress() as progress:
         result = run(config=args.config, progress=progress, **values)
     for c in result.failed:
@@ -246,6 +252,13 @@ class RunProgress:
             self.bars.advance(self.tasks)
             if not info["status"].startswith("ok"):
                 self.bars.console.print(f"{info['unit']}: task {info['task']}: {info['status']}")
+        elif event == "jobs":  # --executor ray: the whole cluster's jobs
+            if self.matrix is None:
+                self.matrix = self.bars.add_task("jobs", total=info["total"], info="")
+            self.bars.update(self.matrix, completed=info["finished"] + info["failed"],
+                             info=f"{len(info['running'])} running, {info['failed']} failed")
+            for name, status in info["ended"]:
+                self.bars.console.print(f"{name}: {status}")
         elif event == "cell_end" and self.matrix is not None:
             self.bars.advance(self.matrix)
             self.bars.console.print(f"{info['name']}: {info['status']}")

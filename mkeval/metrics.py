@@ -19,8 +19,6 @@ from statistics import fmean
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 from .errors import UsageError, did_you_mean
 
@@ -38,18 +36,26 @@ class MetricContext:
 # --- classification and regression -------------------------------------------------------------
 
 def accuracy(references: Sequence, predictions: Sequence) -> float:
+    from sklearn import metrics as skm  # imported when used: scipy and scikit-learn take seconds to import
+
     return float(skm.accuracy_score(references, predictions))
 
 
 def f1(references: Sequence, predictions: Sequence, positive) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.f1_score(references, predictions, pos_label=positive, average="binary", zero_division=0.0))
 
 
 def macro_f1(references: Sequence, predictions: Sequence, labels: Sequence) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.f1_score(references, predictions, labels=list(labels), average="macro", zero_division=0.0))
 
 
 def matthews_corrcoef(references: Sequence, predictions: Sequence) -> float:
+    from sklearn import metrics as skm
+
     return float(skm.matthews_corrcoef(references, predictions))
 
 
@@ -63,10 +69,14 @@ def _correlation(fn, name: str, references: Sequence[float], predictions: Sequen
 
 
 def pearson(references: Sequence[float], predictions: Sequence[float]) -> float:
+    from scipy import stats
+
     return _correlation(stats.pearsonr, "pearson", references, predictions)
 
 
 def spearman(references: Sequence[float], predictions: Sequence[float]) -> float:
+    from scipy import stats
+
     return _correlation(stats.spearmanr, "spearman", references, predictions)
 
 

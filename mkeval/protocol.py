@@ -159,7 +159,8 @@ def read_yaml(path: Path, label: str) -> tuple[Any, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{label} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when pyyaml has it: ~10x faster
+        return yaml.load(text, Loader=loader), yaml.compose(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -38,3 +38,36 @@ timeout 200 python3 -m mkeval run --models transformer,bk,mamba --precisions fp3
 echo "mkeval run exit code: $?" | tee -a "$OUT/env.txt"
 python3 -m mkeval report /tmp/run 2>&1 | tee "$OUT/report.txt"
 tar czf "$OUT/run.tgz" -C /tmp --exclude=checkpoints run
+
+echo "== 3. scale-out (docs/distributed.md): small cells sharing the GPU under Ray; torchrun with NCCL"
+if python3 -c "import ray" 2>/dev/null; then
+  # 6 small cells, 4 at a time on one GPU (--ray-gpus 0.25); seq 128 ones compared with section 2's fp32 cells
+  timeout 400 python3 -m mkeval run --models transformer,bk,mamba --seq-len 128,256 --train-tokens 131072 --device cuda \
+    --executor ray --ray-gpus 0.25 --ray-cpus 2 --threads 2 --output-dir /tmp/ray_run > "$OUT/ray_stdout.txt" 2>&1
+  echo "ray run exit code: $?" | tee -a "$OUT/env.txt"
+else
+  echo "ray is not installed here: the Ray GPU-sharing check was not run" | tee -a "$OUT/env.txt"
+fi
+NGPU=$(nvidia-smi -L | wc -l)
+timeout 300 torchrun --nproc-per-node "$NGPU" -m mkeval run --models bk,mamba --train-tokens 131072 --device cuda \
+  --output-dir /tmp/ddp_run > "$OUT/ddp_stdout.txt" 2>&1
+echo "torchrun ($NGPU process(es), NCCL) exit code: $?" | tee -a "$OUT/env.txt"
+python3 - <<'PY' 2>&1 | tee -a "$OUT/env.txt"
+import json, pathlib
+for model in ("bk", "mamba"):
+    one = pathlib.Path(f"/tmp/run/{model}_wikitext-2_seq128_bits32.json")
+    one = one if one.exists() else next(pathlib.Path("/tmp/run").glob(f"{model}_*bits32.json"), None)
+    ddp = next(pathlib.Path("/tmp/ddp_run").glob(f"{model}_*bits32.json"), None)
+    if one is None or ddp is None:
+        print(model, "missing result", one, ddp)
+        continue
+    a, b = json.loads(one.read_text()), json.loads(ddp.read_text())
+    print(f"{model}: test ppl one process {a['test_perplexity']:.6f}, torchrun {b['test_perplexity']:.6f} "
+          f"(world size {b['config']['run'].get('world_size')}, {b['config']['run'].get('backend')}), "
+          f"relative difference {abs(b['test_perplexity'] / a['test_perplexity'] - 1):.2e}")
+for path in sorted(pathlib.Path("/tmp/ray_run").glob("*_bits32*.json")):
+    r = json.loads(path.read_text())
+    local = pathlib.Path("/tmp/run") / path.name
+    same = local.exists() and json.loads(local.read_text())["test_perplexity"] == r["test_perplexity"]
+    print(f"ray {path.name}: test ppl {r['test_perplexity']:.6f}, training {r['training_time']:.1f} s, same as local: {same}")
+PY

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -274,7 +275,8 @@ def _write_entry(split: TextSplit, tokenizer: Tokenizer, budget: int | None, bin
                  key: str, where: str) -> dict[str, Any]:
     """Tokenize documents into ``bin_path`` in chunks: memory stays bounded whatever the source's size."""
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
+    # host and process in the name: builders on several nodes may share a cache on a shared filesystem
+    tmp = bin_path.with_name(f".{bin_path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
     stats = dict.fromkeys(STATS, 0)
     unk = tokenizer.info.get("unk_id")
     length, truncated = 0, False

@@ -76,6 +76,13 @@ class Windows:
     def scored_tokens(self) -> int:
         return int(self.scored_per_window().sum())
 
+    def select(self, index: torch.Tensor) -> "Windows":
+        """The windows at ``index`` (a LongTensor), as Windows (views: nothing is read)."""
+        if self.starts is None:
+            mask = self.loss_mask[index] if self.loss_mask is not None else None
+            return Windows(self.source[index], self.seq_len, mask)
+        return Windows(self.source, self.seq_len, self.loss_mask, self.starts[index], self.first_scored[index])
+
     def head(self, count: int) -> "Windows":
         if self.starts is None:
             mask = self.loss_mask[:count] if self.loss_mask is not None else None

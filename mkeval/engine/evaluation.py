@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import Windows, eval_batches
+from .distributed import SINGLE, World
 from .precision import autocast
 from ..registry.contracts import PrecisionSpec
 
@@ -43,8 +44,14 @@ def evaluate_lm(
     batch_size: int,
     precision: PrecisionSpec,
     device: torch.device,
+    world: World = SINGLE,
 ) -> LMEval:
-    """Score every masked target of ``windows`` with ``model`` in eval mode (sums in float64)."""
+    """Score every masked target of ``windows`` with ``model`` in eval mode (sums in float64).
+
+    Under data parallelism (``world``) each rank scores every ``size``-th window and the sums
+    are reduced, so every rank returns the totals over all windows."""
+    if world.parallel:
+        windows = windows.select(world.shard(len(windows)))
     was_training = model.training
     model.eval()
     nll = 0.0
@@ -64,4 +71,7 @@ def evaluate_lm(
             correct += int(((logits.argmax(-1) == targets) & mask).sum())
     finally:
         model.train(was_training)
+    if world.parallel:
+        nll, total, right = world.sum([nll, float(tokens), float(correct)], device)
+        tokens, correct = round(total), round(right)
     return LMEval(nll=nll, tokens=tokens, correct=correct)

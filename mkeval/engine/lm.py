@@ -23,6 +23,7 @@ from ..results import CellResult
 from .batching import limit_windows, make_windows
 from .checkpoint import write_checkpoint
 from .checks import contract_record, require_contract
+from .distributed import SINGLE, World
 from .evaluation import evaluate_lm
 from .loop import STATE_FILE, WEIGHTS_FILE, Progress, lm_loss, load_checkpoint, read_state, train
 from .measure import CORE_FLOP_FORMULAS, PeakMemory, count_step_flops, describe_device
@@ -110,11 +111,14 @@ def run_cell(
     progress: Progress | None = None,
     checks: dict[Any, Any] | None = None,
     resume: bool = False,
-) -> CellResult:
+    world: World = SINGLE,
+) -> CellResult | None:
     """Train and evaluate one cell; raises ``CellFailed`` (or any error) when it cannot finish.
 
     ``checks`` caches the runtime contract checks per model configuration (run before the first
     cell of each); with ``resume``, a training state the cell saved before a stop is continued.
+    Under data parallelism (``world``) every rank trains and evaluates its share; rank 0 writes
+    and returns the result, the other ranks return None after the test evaluation.
     """
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
@@ -133,19 +137,24 @@ def run_cell(
     torch.manual_seed(cell.seed)  # the FLOP probe must not change what training sees
     checkpoint_dir = output_dir / "checkpoints" / plan.name
     state_path = checkpoint_dir / STATE_FILE
-    write_checkpoint(checkpoint_dir, model, name=cell.model, vocab_size=data.vocab_size, max_seq_len=cell.seq_len,
-                     size=plan.model_size, options=options, tokenizer=data.tokenizer, registry=registry,
-                     weights=False, identity={"name": plan.name, "cell_hash": plan.cell_hash,
-                                              "protocol_hash": protocol.hash, "dataset": cell.dataset,
-                                              "seq_len": cell.seq_len, "seed": cell.seed, "precision": precision.name,
-                                              "model": cell.model, "model_size": plan.model_size})
+    if world.main:
+        write_checkpoint(checkpoint_dir, model, name=cell.model, vocab_size=data.vocab_size, max_seq_len=cell.seq_len,
+                         size=plan.model_size, options=options, tokenizer=data.tokenizer, registry=registry,
+                         weights=False, identity={"name": plan.name, "cell_hash": plan.cell_hash,
+                                                  "protocol_hash": protocol.hash, "dataset": cell.dataset,
+                                                  "seq_len": cell.seq_len, "seed": cell.seed, "precision": precision.name,
+                                                  "model": cell.model, "model_size": plan.model_size})
     with PeakMemory(device) as memory:
         outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
                         checkpoint_dir / WEIGHTS_FILE, progress, state_path=state_path,
                         resume_from=read_state(state_path, plan.cell_hash) if resume else None,
-                        identity=plan.cell_hash)
-    load_checkpoint(model, checkpoint_dir, device)
-    test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device)
+                        identity=plan.cell_hash, world=world)
+    if world.main:
+        load_checkpoint(model, checkpoint_dir, device)
+    world.broadcast_module(model)  # the best checkpoint, on every rank
+    test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device, world)
+    if not world.main:
+        return None
     word_ppl, bpb = text_metrics(model, data, test, splits["test"], cell.seq_len, protocol, precision, device)
     sizing = size_matching(plan, match)
     config = cell_config(plan, data, protocol, registry, model, options, match, outcome, memory, run_info,
@@ -223,7 +232,8 @@ def cell_config(plan: CellPlan, data: LMData, protocol: Protocol, registry: Regi
         "precision": {**precision_record(precision), "role": "trained", "trained_at": precision.name,
                       "loss_scaling": precision.grad_scaling and device.type == "cuda"},
         "limit": plan.limit,
-        "training": {"resumed_at_steps": outcome.resumed_at, "checkpoint_interval": protocol.checkpoint_interval},
+        "training": {"resumed_at_steps": outcome.resumed_at, "checkpoint_interval": protocol.checkpoint_interval,
+                     "data_parallel": outcome.data_parallel},
         "measurement": {
             "flops": "torch.utils.flop_counter.FlopCounterMode, one batch of batch_size x seq_len (docs/flops.md)",
             "custom_flop_formulas": sorted(str(op) for op in {**CORE_FLOP_FORMULAS, **registry.flop_formulas}),

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import Windows, training_batches
+from .distributed import SINGLE, World
 from ..errors import CellFailed
 from .evaluation import LMEval, evaluate_lm
 from .measure import Stopwatch
@@ -58,11 +59,13 @@ def lr_factor(step: int, total_steps: int, protocol: Protocol) -> float:
     return protocol.min_lr_ratio + (1 - protocol.min_lr_ratio) * cosine
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the scored targets."""
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+            scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the scored targets; with ``scored`` (a global batch's scored-target
+    count), this block's share of the global batch's mean."""
     losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
     m = mask.flatten()
-    return (losses * m).sum() / m.sum().clamp(min=1)
+    return (losses * m).sum() / (m.sum() if scored is None else scored).clamp(min=1)
 
 
 @dataclass
@@ -78,6 +81,7 @@ class TrainOutcome:
     tokens_trained: int = 0
     no_decay: list[str] = field(default_factory=list)
     resumed_at: list[int] = field(default_factory=list)  # steps this cell was resumed from after a stop
+    data_parallel: dict[str, Any] | None = None  # torchrun: ranks, backend, how the auxiliary loss was reduced
 
     @property
     def best_eval(self) -> LMEval:
@@ -95,8 +99,8 @@ class Stepper:
 
     def __init__(self, optimizer: torch.optim.Optimizer, precision: PrecisionSpec, device: torch.device,
                  lr_at: Callable[[int], float], grad_clip: float, max_nonfinite: int,
-                 clip_params: list[torch.nn.Parameter], what: str = "training"):
-        self.optimizer, self.lr_at, self.grad_clip = optimizer, lr_at, grad_clip
+                 clip_params: list[torch.nn.Parameter], what: str = "training", world: World = SINGLE):
+        self.optimizer, self.lr_at, self.grad_clip, self.world, self.device = optimizer, lr_at, grad_clip, world, device
         self.max_nonfinite, self.clip_params, self.what = max_nonfinite, clip_params, what
         self.scaler = grad_scaler(precision, device)
         self.consecutive_bad = 0
@@ -106,7 +110,10 @@ class Stepper:
         """Optimise ``total`` (the loss to minimise) at step ``index``; False when it was skipped."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(index)
-        if not math.isfinite(float(total.detach())):
+        value = float(total.detach())
+        if self.world.parallel:  # every rank skips, or none does (a skipped backward would stall DDP)
+            value = self.world.sum([value], self.device)[0]
+        if not math.isfinite(value):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
             self.consecutive_bad += 1
@@ -198,18 +205,21 @@ def train(
     state_path: Path | None = None,
     resume_from: dict[str, Any] | None = None,
     identity: str = "",
+    world: World = SINGLE,
 ) -> TrainOutcome:
     """Train ``model`` for the protocol's budget; the best validation checkpoint is saved to ``checkpoint``.
 
     Every ``protocol.checkpoint_interval`` steps the whole loop state is saved to ``state_path``
     (atomically); ``resume_from`` (``read_state``'s result) continues from such a state and gives
-    the same numbers, bit for bit on a CPU, as a run that was never stopped.
+    the same numbers, bit for bit on a CPU, as a run that was never stopped. Under data
+    parallelism (``world``, docs/distributed.md) each rank trains on its block of every global
+    batch; rank 0 alone writes the checkpoint and the states.
     """
     steps = protocol.steps(seq_len)
     groups, no_decay = parameter_groups(model, protocol.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=protocol.lr, betas=protocol.betas, eps=protocol.eps)
     stepper = Stepper(optimizer, precision, device, lambda step: protocol.lr * lr_factor(step, steps, protocol),
-                      protocol.grad_clip, protocol.max_nonfinite, list(model.parameters()))
+                      protocol.grad_clip, protocol.max_nonfinite, list(model.parameters()), world=world)
     outcome = TrainOutcome(steps=steps, no_decay=no_decay)
     loop = {"consecutive_bad": 0, "interval_sum": 0.0, "interval_count": 0, "best_loss": math.inf}
     start = 0
@@ -225,35 +235,28 @@ def train(
         if not callable(getattr(model, "set_gradient_checkpointing", None)):
             raise CellFailed("grad_checkpointing: the model has no set_gradient_checkpointing(enabled) method")
         model.set_gradient_checkpointing(True)
+    net = data_parallel(model, device, world, outcome) if world.parallel else model
     model.train()
     with wall_timer:
         for step in range(start, steps):
             batch = next(batches)
             with step_timer:
-                inputs = batch.inputs.to(device, non_blocking=True)
-                targets = batch.targets.to(device, non_blocking=True)
-                mask = batch.mask.to(device, non_blocking=True)
-                with autocast(precision, device):
-                    logits = model(inputs)
-                    loss = lm_loss(logits, targets, mask)
-                    aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
-                    total = loss + aux if aux is not None else loss
-                loss_value = float(loss.detach())
+                total, loss_value = _step_loss(net, model, batch, precision, device, world)
                 if stepper.step(step, total):
                     loop["interval_sum"] += loss_value
                     loop["interval_count"] += 1
-                    outcome.tokens_trained += inputs.numel()
+                    outcome.tokens_trained += batch.inputs.numel()
                 outcome.skipped_nonfinite = stepper.skipped
             if progress is not None:
                 tps = outcome.tokens_trained / step_timer.seconds if step_timer.seconds else 0.0
                 progress("step", step=step + 1, steps=steps, loss=loss_value, tokens_per_second=tps)
             if (step + 1) % protocol.eval_interval == 0 or step + 1 == steps:
                 result = _validate(model, val_windows, protocol, precision, device, step + 1, outcome, loop,
-                                   checkpoint)
+                                   checkpoint, world)
                 if progress is not None:
                     progress("eval", step=step + 1, steps=steps, perplexity=result.perplexity)
             interval = protocol.checkpoint_interval
-            if state_path is not None and interval and (step + 1) % interval == 0 and step + 1 < steps:
+            if state_path is not None and world.main and interval and (step + 1) % interval == 0 and step + 1 < steps:
                 outcome.train_seconds, outcome.wall_seconds = step_timer.seconds, wall_timer.elapsed()
                 state = _state_dict(model, optimizer, stepper.scaler, outcome, step + 1,
                                     {**loop, "consecutive_bad": stepper.consecutive_bad}, identity)
@@ -262,17 +265,60 @@ def train(
                     progress("saved_state", step=step + 1, steps=steps)
     outcome.train_seconds = step_timer.seconds
     outcome.wall_seconds = wall_timer.seconds
+    if world.parallel and callable(getattr(model, "set_data_parallel", None)):
+        model.set_data_parallel(False)  # evaluation scores each rank's own windows
     if outcome.best_step < 0:
         raise CellFailed("validation loss was never finite; no checkpoint to evaluate")
     return outcome
 
 
+def data_parallel(model: nn.Module, device: torch.device, world: World, outcome: TrainOutcome) -> nn.Module:
+    """``model`` wrapped for data-parallel training (its replicas start from rank 0's weights).
+
+    A model whose auxiliary loss uses statistics of the batch (a load-balancing loss) computes
+    them over the global batch when it has ``set_data_parallel(enabled)``; otherwise DDP averages
+    the per-rank auxiliary losses, and the result says so."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    aux = hasattr(model, "auxiliary_loss")
+    hook = callable(getattr(model, "set_data_parallel", None))
+    if hook:
+        model.set_data_parallel(True)
+    outcome.data_parallel = {"world_size": world.size, "backend": world.backend,
+                             "auxiliary_loss": None if not aux else "global batch" if hook else "mean over ranks"}
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _step_loss(net: nn.Module, model: nn.Module, batch: Any, precision: PrecisionSpec, device: torch.device,
+               world: World) -> tuple[torch.Tensor, float]:
+    """The loss to minimise on one global batch and the batch's mean LM loss (nats).
+
+    One process: the mean over the batch's scored targets. Data-parallel: this rank's rows, their
+    summed loss over the *global* scored count, times the world size (DDP averages gradients), so
+    the gradient equals one process's; the reported loss is reduced over ranks."""
+    scored = batch.mask.sum().to(device) if world.parallel else None
+    rows = world.rows(batch.inputs.shape[0]) if world.parallel else slice(None)
+    inputs = batch.inputs[rows].to(device, non_blocking=True)
+    targets = batch.targets[rows].to(device, non_blocking=True)
+    mask = batch.mask[rows].to(device, non_blocking=True)
+    with autocast(precision, device):
+        logits = net(inputs)
+        loss = lm_loss(logits, targets, mask, scored)
+        aux = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+        total = loss * world.size if world.parallel else loss
+        total = total + aux if aux is not None else total
+    value = float(loss.detach())
+    if world.parallel:
+        value = world.sum([value], device)[0]
+    return total, value
+
+
 def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision: PrecisionSpec,
               device: torch.device, step: int, outcome: TrainOutcome, loop: dict[str, Any],
-              checkpoint: Path) -> LMEval:
+              checkpoint: Path, world: World = SINGLE) -> LMEval:
     """A validation point: the interval's mean training loss, the validation evaluation, and the
-    checkpoint kept when it is the best so far."""
-    result = evaluate_lm(model, windows, protocol.batch_size, precision, device)
+    checkpoint kept (by rank 0) when it is the best so far."""
+    result = evaluate_lm(model, windows, protocol.batch_size, precision, device, world)
     count = loop["interval_count"]
     outcome.interval_losses.append(loop["interval_sum"] / count if count else math.nan)
     loop["interval_sum"], loop["interval_count"] = 0.0, 0
@@ -281,7 +327,8 @@ def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision:
     if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
         loop["best_loss"] = result.loss
         outcome.best_step = step
-        save_checkpoint(model, checkpoint)
+        if world.main:
+            save_checkpoint(model, checkpoint)
     return result
 
 

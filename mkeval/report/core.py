@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..results import SUMMARY_FILE, CellResult, read_json_file, scan_results, write_text
+from ..results import SHARD_SUMMARY_GLOB, SUMMARY_FILE, CellResult, read_json_file, scan_results, write_text
 from ..results.aggregate import LMSummary, lm_summaries
 from .downstream import (Downstream, comparison_notes, comparison_table, downstream_csv, downstream_table,
                          read_downstream)
@@ -33,6 +32,7 @@ class Report:
     unreadable: dict[str, str] = field(default_factory=dict)  # file (relative) -> why it was left out
     old_schema: dict[str, str] = field(default_factory=dict)  # result files of another schema version
     summaries: list[LMSummary] = field(default_factory=list)
+    unmerged: list[str] = field(default_factory=list)  # units with task results but no summary yet (shards)
 
     @property
     def protocol_hashes(self) -> list[str]:
@@ -68,6 +68,10 @@ class Report:
         for dataset, tokenizer, fitted, unk in sorted(vocab, key=str):
             rate = "" if unk is None else f", test <unk> rate {100 * unk:.1f}%"
             out.append(f"{dataset}: tokenizer {tokenizer} fitted on the {fitted or '(fixed vocabulary)'} split{rate}")
+        if self.unmerged:
+            out.append(f"downstream results of {', '.join(self.unmerged)} are not in this report: their unit summary "
+                       "is not written yet (a --shard run); run the same `mkeval run` with --resume and without "
+                       "--shard to write it")
         if len(self.protocol_hashes) > 1:
             out.append(f"warning: these results come from {len(self.protocol_hashes)} different protocols "
                        f"({', '.join(self.protocol_hashes)}); compare rows with the same protocol only")
@@ -118,16 +122,11 @@ def build_report(directory: str | Path, baseline: str | None = None) -> Report:
         why = read_json_file(p)[1]
         if why is not None:
             unreadable[str(p.relative_to(path))] = why
-    failed: list[dict[str, Any]] = []
-    summary = path / SUMMARY_FILE
-    if summary.exists() and SUMMARY_FILE not in unreadable:
-        try:
-            failed = [c for c in json.loads(summary.read_text())["cells"]
-                      if isinstance(c, dict) and c.get("status") == "failed"]
-        except (KeyError, TypeError, AttributeError) as exc:
-            unreadable[SUMMARY_FILE] = f"not a run summary ({type(exc).__name__}: {exc})"
+    failed = failed_cells(path, unreadable, {r.cell_hash for r in results})
     downstream = read_downstream(path, baseline)
-    if not results and not failed and downstream is None and not unreadable:
+    unmerged = sorted(d.name for d in path.glob("downstream/*/") if d.is_dir() and any(d.glob("*.json"))
+                      and not (path / f"{d.name}_downstream.json").exists())
+    if not results and not failed and downstream is None and not unreadable and not unmerged:
         raise UsageError(f"report: no result files in {path}; run `mkeval run --output-dir {path}` first")
     if baseline is not None and downstream is None and baseline not in {r.model_name for r in results}:
         raise UsageError(f"--baseline: no model {baseline!r} in {path}")
@@ -136,7 +135,27 @@ def build_report(directory: str | Path, baseline: str | None = None) -> Report:
                                 r.trained_precision or r.precision, -r.bits, r.precision, r.seed))
     summaries = lm_summaries(results)
     old = {str(p.relative_to(path)): why for p, why in scan.old_schema.items()}
-    return Report(path, results, failed, downstream, unreadable, old, summaries)
+    return Report(path, results, failed, downstream, unreadable, old, summaries, unmerged)
+
+
+def failed_cells(path: Path, unreadable: dict[str, str], finished: set[str]) -> list[dict[str, Any]]:
+    """Failed cells of the run summary and of every shard's (``--shard``), each once, leaving out
+    a cell whose result a later run (another shard, a final ``--resume``) did write."""
+    failed: dict[str, dict[str, Any]] = {}
+    for summary in [path / SUMMARY_FILE, *sorted(path.glob(SHARD_SUMMARY_GLOB))]:
+        name = summary.name
+        if not summary.exists() or name in unreadable:
+            continue
+        data, why = read_json_file(summary)
+        try:
+            if why is not None:
+                raise ValueError(why)
+            for c in data["cells"]:
+                if isinstance(c, dict) and c.get("status") == "failed" and c.get("cell_hash") not in finished:
+                    failed.setdefault(c["name"], c)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            unreadable[name] = f"not a run summary ({type(exc).__name__}: {exc})"
+    return list(failed.values())
 
 
 def write_report(report: Report, directory: str | Path) -> list[Path]:

@@ -12,6 +12,7 @@ from typing import Any
 
 SCHEMA_VERSION = 2
 SUMMARY_FILE = "run_summary.json"
+SHARD_SUMMARY_GLOB = "run_summary.shard-*-of-*.json"  # one per --shard process (docs/distributed.md)
 
 
 @dataclass

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..data.taskdata import registered_readers
 from ..data.text import parse_split_map
+from ..engine import distributed
 from ..engine.lm import git_revision
 from ..engine.tasks import RunOptions
 from ..errors import UsageError
 from ..protocol import Protocol
 from ..registry import Registry, get_registry
 from ..results import CellResult, CellStatus, ResultScan, scan_results
+from ..threads import choose_threads
 from .executor import RunContext, execute, finalize, finished
 from .plan import (Plan, TaskUnit, included_tasks, plan_cells, plan_sizing, plan_tasks, plan_units,
                    resolve_precisions, resolve_tasks)
 from .request import RunRequest, build_request
+from .shards import parse_shard, shard_jobs
 from .validate import (check_models, check_precisions, check_writable, load_tasks, preload_data,
                        resolve_device)
 
@@ -72,22 +78,38 @@ def run(config: str | Path | None = None, protocol: Protocol | None = None,
     protocol_fields = {k: v for k, v in options.items() if k not in request_names}
     request, protocol, where = build_request(config, explicit, protocol, protocol_fields)
     plan, ctx, tasks = prepare(request, protocol, registry, where, progress)
+    shard = parse_shard(request.shard)
+    jobs = shard_jobs(plan.jobs, shard) if shard else plan.jobs
     scan = scan_results(ctx.out) if ctx.resume and ctx.out.is_dir() else ResultScan()
     if request.get("dry_run", False):
         done = set(scan.finished)
         statuses = [CellStatus(j.name, j.job_hash, "resumed" if j.job_hash in done else "planned",
-                               config=j.plan.identity, kind=j.kind) for j in plan.jobs if not isinstance(j, TaskUnit)]
+                               config=j.plan.identity, kind=j.kind) for j in jobs if not isinstance(j, TaskUnit)]
         return RunResult(statuses, [], None, protocol, dry_run=True, tasks=tasks, plan=plan)
     check_writable(ctx.out)
-    preload_data([j for j in plan.jobs if not isinstance(j, TaskUnit) and not (ctx.resume and finished(j, ctx))], ctx)
-    statuses = execute(plan, ctx, unreadable=scan.unreadable)
+    ray_settings = execution(request, ctx, registry, shard)
+    preload_data([j for j in jobs if not isinstance(j, TaskUnit) and not (ctx.resume and finished(j, ctx))], ctx)
+    threads = torch.get_num_threads()
+    try:
+        if ray_settings is not None:
+            from .ray_executor import execute_ray
+
+            ctx.lm_cache.clear()  # loaded to check the data (and fill this node's token cache); workers load their own
+            statuses = execute_ray(plan, ctx, jobs, scan.unreadable, ray_settings, bool(ctx.readers))
+        else:
+            torch.set_num_threads(ctx.run_info["threads"])
+            statuses = execute(plan, ctx, jobs, unreadable=scan.unreadable)
+    finally:
+        torch.set_num_threads(threads)
+    if not ctx.world.main:  # data-parallel ranks other than 0 write no summary
+        return RunResult([], [], ctx.out, protocol, plan=plan)
     specs = {n: registry.get("task", n).spec for n in registry.names("task")}
     specs.update({c.name: c for c, _, _ in tasks})
     written = finalize(plan, ctx, statuses, specs)
     cells = [s for s in statuses if s.kind != "task"]
     from .summaries import read_cells
 
-    return RunResult(cells, read_cells(plan, ctx.out), ctx.out, protocol,
+    return RunResult(cells, read_cells(plan, ctx.out, {s.name for s in cells}), ctx.out, protocol,
                      multi_dataset_files=written["multi_dataset"], downstream=written["downstream"],
                      downstream_files=written["downstream_files"], tasks=tasks,
                      task_jobs=[s for s in statuses if s.kind == "task"], plan=plan)
@@ -145,3 +167,48 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
 
 def registry_readers(registry: Registry, configs: list[Any]) -> dict[str, Any]:
     return registered_readers(registry) if configs else {}
+
+
+EXECUTORS = ("local", "ray")
+
+
+def execution(request: RunRequest, ctx: RunContext, registry: Registry, shard: Any) -> Any:
+    """Check how the jobs are to be executed (``--executor``, ``--shard``, torchrun, ``--threads``) and
+    record it in the run info; returns the Ray settings with ``--executor ray``, else None."""
+    executor = request.get("executor", "local")
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor: unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    ray_options = [f"--{n.replace('_', '-')}" for n in ("ray_address", "ray_cpus", "ray_gpus", "ray_retries")
+                   if getattr(request, n) is not None]
+    if ray_options and executor != "ray":
+        raise UsageError(f"{ray_options[0]}: only with --executor ray")
+    if distributed.launched():
+        if executor != "local" or shard is not None:
+            raise UsageError(f"{'--shard' if shard is not None else '--executor ray'}: not under torchrun, which "
+                             "already splits each training cell across its processes; use one way to scale out")
+        size = int(os.environ["WORLD_SIZE"])
+        if ctx.protocol.batch_size % size:
+            raise UsageError(f"--batch-size {ctx.protocol.batch_size}: not divisible by the {size} torchrun "
+                             "processes; the global batch is split evenly across them")
+        ctx.device = distributed.rank_device(ctx.device)
+        ctx.world = distributed.join(ctx.device)
+        if not ctx.world.main:
+            ctx.progress = None
+    ray_settings = None
+    if executor == "ray":
+        from .ray_executor import require_ray, settings
+
+        if shard is not None:
+            raise UsageError("--shard: not with --executor ray, which schedules the whole plan on the cluster")
+        if registry is not get_registry():
+            raise UsageError("--executor ray: Ray workers use the installed plugins; a registry= object cannot be "
+                             "sent to them")
+        require_ray()
+        ray_settings = settings(request, ctx.device)
+    threads = ray_settings.threads if ray_settings else choose_threads(request.threads) if request.threads \
+        else torch.get_num_threads()
+    ctx.run_info.update(executor=executor, shard=None if shard is None else str(shard), threads=threads,
+                        world_size=ctx.world.size, **({"backend": ctx.world.backend} if ctx.world.parallel else {}))
+    if shard is not None:
+        ctx.summary_file = shard.summary_file
+    return ray_settings

@@ -22,6 +22,7 @@ import torch
 
 from ..data.taskdata import TaskData, load_task_data
 from ..data.text import apply_split_map
+from ..engine.distributed import SINGLE, World
 from ..engine.lm import evaluate_cell, finish_cell, run_cell
 from ..engine.tasks import RunOptions, evaluate_task, record_failed_task
 from ..errors import CellFailed, UsageError
@@ -52,6 +53,9 @@ class RunContext:
     resume: bool = False
     progress: Progress | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
+    summary_file: str = SUMMARY_FILE  # a shard's own run summary: run_summary.shard-I-of-N.json
+    jobs: dict[str, Job] = field(default_factory=dict)  # every job of the plan by name (what a job needs)
+    world: World = SINGLE  # torchrun's data-parallel ranks: rank 0 writes, training cells run on all
     checks: dict[Any, Any] = field(default_factory=dict)
     lm_cache: dict[tuple[str, int], LMData] = field(default_factory=dict)
     task_cache: dict[str, TaskData] = field(default_factory=dict)
@@ -96,13 +100,20 @@ def finished(job: Job, ctx: RunContext) -> bool:
         data.get("schema_version") == CellResult.__dataclass_fields__["schema_version"].default
 
 
+def resumable(job: Job, ctx: RunContext) -> bool:
+    """``finished``, as rank 0 sees it for a job every data-parallel rank runs (a training cell)."""
+    done = finished(job, ctx)
+    return ctx.world.agree(done, ctx.device) if isinstance(job, TrainCell) else done
+
+
 def run_job(job: Job, ctx: RunContext) -> None:
     """Run one job and write its result; raises when it cannot finish."""
     if isinstance(job, TrainCell):
         result = run_cell(job.plan, ctx.lm_data(job), ctx.protocol, ctx.registry, ctx.out, ctx.device,
-                          ctx.run_info, ctx.progress, ctx.checks, ctx.resume)
-        write_json(job.result_path(ctx.out), result.to_json())
-        finish_cell(ctx.out, result)
+                          ctx.run_info, ctx.progress, ctx.checks, ctx.resume, ctx.world)
+        if result is not None:  # rank 0 (or the only process)
+            write_json(job.result_path(ctx.out), result.to_json())
+            finish_cell(ctx.out, result)
     elif isinstance(job, PrecisionEval):
         base_path = ctx.out / f"{job.needs[0]}.json"
         data, why = read_json_file(base_path)
@@ -137,6 +148,9 @@ def execute(plan: Plan, ctx: RunContext, jobs: list[Job] | None = None,
             unreadable: dict[Path, str] | None = None) -> list[CellStatus]:
     """Run ``jobs`` (default: the whole plan) in order; returns one status per job."""
     jobs = plan.jobs if jobs is None else jobs
+    ctx.jobs = plan.by_name()
+    if not ctx.world.main:  # the other data-parallel ranks take part in training cells only, and write nothing
+        return [_one(j, i, ctx, {}, {}) for i, j in enumerate(jobs) if isinstance(j, TrainCell)]
     ctx.out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(ctx.out)
     statuses: list[CellStatus] = []
@@ -157,7 +171,7 @@ def _one(job: Job, index: int, ctx: RunContext, state: dict[str, str], unreadabl
                         kind=job.kind)
     event = ("task_start", "task_end") if isinstance(job, TaskUnit) else ("cell_start", "cell_end")
     names = {"unit": job.unit.name, "task": job.task.name} if isinstance(job, TaskUnit) else {"name": job.name}
-    if ctx.resume and finished(job, ctx):
+    if ctx.resume and resumable(job, ctx):
         if ctx.progress:
             ctx.progress(event[1], index=index, status="resumed", **names)
         return status
@@ -172,6 +186,10 @@ def _one(job: Job, index: int, ctx: RunContext, state: dict[str, str], unreadabl
         missing = [n for n in job.needs if state.get(n) == "failed"]
         if missing:
             raise CellFailed(f"it needs {', '.join(missing)}, which did not finish")
+        elsewhere = [n for n in job.needs if n not in state and not finished(ctx.jobs[n], ctx)]
+        if elsewhere:  # not run by this process (another shard's job): only its result file can tell
+            raise CellFailed(f"it needs {', '.join(elsewhere)}, which this process does not run and whose result "
+                             "is not in the output directory yet; rerun with --resume once it has finished")
         run_job(job, ctx)
         status.status = "ok"
     except KeyboardInterrupt:
@@ -180,7 +198,8 @@ def _one(job: Job, index: int, ctx: RunContext, state: dict[str, str], unreadabl
         message = str(exc) if isinstance(exc, (CellFailed, UsageError)) else f"{type(exc).__name__}: {exc}"
         log.error("%s failed: %s", job.name, message)
         status.status, status.error, status.result_file = "failed", message, None
-        status.traceback_file = record_failure(job, ctx, message, traceback.format_exc())
+        if ctx.world.main:
+            status.traceback_file = record_failure(job, ctx, message, traceback.format_exc())
     if ctx.progress:
         ctx.progress(event[1], index=index, status=status.status, **names)
     return status
@@ -191,14 +210,16 @@ def write_run_summary(ctx: RunContext, statuses: list[CellStatus], finished_at: 
     tasks = [s for s in statuses if s.kind == "task"]
     counts = {s: sum(1 for c in statuses if c.status == s) for s in ("ok", "resumed", "failed")}
     run = dict(ctx.run_info, **({"finished": now()} if finished_at else {}))
-    write_json(ctx.out / SUMMARY_FILE, {"run": run, "protocol": ctx.protocol.to_dict(),
+    write_json(ctx.out / ctx.summary_file, {"run": run, "protocol": ctx.protocol.to_dict(),
                                         "protocol_hash": ctx.protocol.hash, "counts": counts,
                                         "cells": [c.__dict__ for c in cells], "tasks": [t.__dict__ for t in tasks]})
 
 
 def finalize(plan: Plan, ctx: RunContext, statuses: list[CellStatus], specs: dict[str, Any]) -> dict[str, Any]:
-    """The summaries, from the result files; the final run summary."""
-    written = write_summaries(plan, ctx.out, ctx.registry, ctx.protocol, ctx.options, ctx.run_info, statuses, specs)
+    """The summaries, from the result files (those whose every job ran here: a shard writes no summary
+    that another shard's jobs feed); the final run summary."""
+    written = write_summaries(plan, ctx.out, ctx.registry, ctx.protocol, ctx.options, ctx.run_info, statuses, specs,
+                              owned={s.name for s in statuses})
     write_run_summary(ctx, statuses, finished_at=True)
     return written
 

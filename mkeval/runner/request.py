@@ -90,6 +90,20 @@ class RunRequest:
     resume: bool | None = option("--resume", "skip jobs whose result exists for the same hash; continue a killed "
                                  "cell from its last training state", "bool", "off")
     dry_run: bool | None = option("--dry-run", "list the jobs and exit", "bool", "off")
+    threads: int | None = option("--threads", "CPU threads per job (torch intra-op); numbers are bitwise the same "
+                                 "across executors at the same count, and may differ between counts", "int",
+                                 "torch's: OMP_NUM_THREADS, else the cores; with --ray-cpus, that many")
+    shard: str | None = option("--shard", "run shard I of N (0-based) of the plan's jobs, e.g. "
+                               "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; merge with a final --resume run",
+                               "str", "all jobs")
+    executor: str | None = option("--executor", "local (one process) or ray (the jobs as Ray tasks; "
+                                  "pip install 'mkeval[ray]')", "str", "local")
+    ray_address: str | None = option("--ray-address", "the Ray cluster to join (auto, HOST:PORT, ray://...)",
+                                     "str", "a local Ray instance")
+    ray_cpus: float | None = option("--ray-cpus", "CPUs Ray reserves per job", "float", "--threads")
+    ray_gpus: float | None = option("--ray-gpus", "GPUs Ray reserves per job; a fraction lets small jobs share a "
+                                    "GPU", "float", "0 on --device cpu, else 1")
+    ray_retries: int | None = option("--ray-retries", "times Ray reruns a job whose worker died", "int", "3")
     model_options: dict | None = option(None, "model name -> build options", "mapping")
     dataset_options: dict | None = option(None, "dataset name -> load options", "mapping")
 
@@ -172,8 +186,9 @@ def _parse(f: dataclasses.Field, value: Any, where: str) -> Any:
     if kind == "int":
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "eval_stride" else 1):
-            raise UsageError(f"{where}: must be a positive integer, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name in ("eval_stride", "ray_retries") else 1):
+            raise UsageError(f"{where}: must be a {'non-negative' if f.name in ('eval_stride', 'ray_retries') else 'positive'} "
+                             f"integer, got {value!r}")
         return value
     if kind == "float":
         try:

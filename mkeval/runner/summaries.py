@@ -19,11 +19,11 @@ from ..results.downstream import TaskResult, summarise_unit
 from .plan import Plan, PrecisionEval, TaskUnit, TrainCell
 
 
-def read_cells(plan: Plan, out: Path) -> list[CellResult]:
-    """The plan's finished cell results, in plan order."""
+def read_cells(plan: Plan, out: Path, names: set[str] | None = None) -> list[CellResult]:
+    """The plan's finished cell results (of the jobs ``names``, default all), in plan order."""
     found = []
     for job in plan.jobs:
-        if isinstance(job, (TrainCell, PrecisionEval)):
+        if isinstance(job, (TrainCell, PrecisionEval)) and (names is None or job.name in names):
             data, why = read_json_file(job.result_path(out)) if job.result_path(out).exists() else (None, "absent")
             if why is None and data.get("cell_hash") == job.job_hash:
                 found.append(CellResult.from_json(data))
@@ -38,13 +38,24 @@ def group_members(registry: Registry, specs: dict[str, Any]) -> tuple[dict[str, 
 
 
 def write_summaries(plan: Plan, out: Path, registry: Registry, protocol: Protocol, options: RunOptions,
-                    run_info: dict[str, Any], statuses: list[CellStatus], specs: dict[str, Any]) -> dict[str, Any]:
+                    run_info: dict[str, Any], statuses: list[CellStatus], specs: dict[str, Any],
+                    owned: set[str] | None = None) -> dict[str, Any]:
     """Write the multi-dataset files (runs with several datasets) and the units' downstream summaries;
-    returns ``{"multi_dataset": [paths], "downstream": {unit: summary}, "downstream_files": [paths]}``."""
+    returns ``{"multi_dataset": [paths], "downstream": {unit: summary}, "downstream_files": [paths]}``.
+
+    With ``owned`` (the jobs this process ran: a shard), only the summaries all of whose jobs are
+    in it are written, so two shards never write the same file."""
     written: dict[str, Any] = {"multi_dataset": [], "downstream": {}, "downstream_files": []}
+
+    def mine(jobs: list[Any]) -> bool:
+        return owned is None or all(j.name in owned for j in jobs)
+
     if len(plan.datasets) > 1:
         results = read_cells(plan, out)
         for model in dict.fromkeys(j.plan.cell.model for j in plan.of(TrainCell)):
+            if not mine([j for j in plan.jobs if isinstance(j, (TrainCell, PrecisionEval))
+                         and j.plan.cell.model == model]):
+                continue
             failed = [s for s in statuses if s.status == "failed" and s.kind != "task"
                       and s.config.get("cell", {}).get("model") == model]
             errors = {s.config["cell"]["dataset"]: s.error for s in failed}
@@ -54,6 +65,8 @@ def write_summaries(plan: Plan, out: Path, registry: Registry, protocol: Protoco
             written["multi_dataset"].append(path)
     groups, members = group_members(registry, specs)
     for unit in plan.units:
+        if not mine([j for j in plan.of(TaskUnit) if j.unit.name == unit.name]):
+            continue
         results = {}
         for job in plan.of(TaskUnit):
             if job.unit.name == unit.name and job.result_path(out).exists():

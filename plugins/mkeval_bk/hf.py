@@ -4,7 +4,7 @@
 
 This module imports ``transformers``; the plugin imports it only when ``transformers`` is in
 use. ``register_auto_classes`` is this plugin's ``mkeval.transformers`` entry point: mkeval
-calls it as soon as ``transformers``' auto classes are imported (see ``mkeval.hf_registration``).
+calls it as soon as ``transformers``' auto classes are imported (see ``mkeval.interop.hf_registration``).
 """
 
 from __future__ import annotations

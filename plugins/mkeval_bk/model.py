@@ -155,6 +155,7 @@ class MoEFeedForward(nn.Module):
         self.experts_in = nn.Linear(d, e * f)
         self.experts_out = nn.ModuleList(nn.Linear(f, d) for _ in range(e))
         self.aux_loss: torch.Tensor | None = None
+        self.data_parallel = False  # set by BKLanguageModel.set_data_parallel
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         e = len(self.experts_out)
@@ -165,8 +166,20 @@ class MoEFeedForward(nn.Module):
         out = torch.stack([expert(hidden[..., i, :]) for i, expert in enumerate(self.experts_out)], dim=-2)
         # Switch Transformer balance loss: n_experts * sum_e (share of assignments) * (mean probability)
         share = F.one_hot(top_i, e).sum(-2).float().mean((0, 1)) / self.top_k
-        self.aux_loss = self.aux_loss_weight * e * (share * probs.mean((0, 1))).sum()
+        mean_probs = probs.mean((0, 1))
+        if self.data_parallel:  # the statistics of the global batch, not of this rank's block of it
+            share, mean_probs = _mean_over_ranks(share), _mean_over_ranks(mean_probs)
+        self.aux_loss = self.aux_loss_weight * e * (share * mean_probs).sum()
         return torch.einsum("bne,bned->bnd", gates.to(out.dtype), out)
+
+
+def _mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over data-parallel ranks (equal row blocks), differentiable: the backward
+    pass sums each rank's gradient, so every rank's rows get the global loss's gradient."""
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x) / dist.get_world_size()
 
 
 class Block(nn.Module):
@@ -228,6 +241,13 @@ class BKLanguageModel(nn.Module):
             else:
                 x = block(x)
         return self.norm(x)
+
+    def set_data_parallel(self, enabled: bool) -> None:
+        """Under data-parallel training (mkeval's torchrun mode, every rank stepping in lockstep),
+        compute the load-balancing loss from the whole global batch's routing statistics, so the
+        loss and its gradient do not depend on the number of ranks (docs/distributed.md)."""
+        for block in self.blocks:
+            block.moe.data_parallel = enabled
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each block's activations in the backward pass (less memory, one more forward)."""

@@ -6,9 +6,11 @@ at a time per (batch, channel), with the ``d_state`` states of a step as one vec
 
     h_t = exp(dt_t A) h_{t-1} + (dt_t u_t) B_t,    y_t = C_t . h_t
 
-The caller (``scan.py``) does the elementwise work around it in torch (dt bias and softplus,
-``D u``, the ``silu(z)`` gate and their gradients); these kernels do the part that is
-``O(L x batch x channels x states)``.
+The forward leaves the elementwise work around the recurrence to the caller (``scan.py``:
+dt's bias and softplus, ``D u``, the ``silu(z)`` gate), which torch's vectorised ops do
+faster than scalar code here, since u and z are read along time with a stride. The backward
+does the gate's, ``D``'s, softplus's and the bias's gradients itself, a chunk of one channel
+at a time (gathered, then vectorised), so that it needs no PyTorch op over the activations.
 
 Time is cut into chunks of ``T`` steps, and the loops run chunk by chunk over a piece of
 channels, so a chunk's ``B`` and ``C`` stay in cache while every channel of the piece uses
@@ -18,12 +20,13 @@ from the end, recomputes the chunk's states and decays from its entering state (
 runs the adjoint ``g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}`` through it.
 
 ``exp`` is evaluated by ``_exp``, a vectorisable exponential (range reduction by ln 2 and a
-Taylor polynomial, within 2 ulp): libm's scalar ``exp``, the only one numba offers without
-Intel's SVML, took 75% of the forward (4.1 against 0.8 ns per state and step, float32, here).
-The state sums ``C_t . h_t`` may be reassociated (``fastmath``), so they differ from the
-reference in the last bits; every operation reads only steps ``<= t``, so outputs stay
-causal bit for bit. Channel-group sums (``dB``, ``dC``) go to one slot per group, fixed by
-``CHANNEL_GROUPS`` and not by the thread count, so results do not depend on the threads.
+Taylor polynomial; within 1 ulp of the correctly rounded value, tested): libm's scalar
+``exp``, the only one numba offers without Intel's SVML, took 75% of the forward (4.1
+against 0.8 ns per state and step, float32, here). The state sums ``C_t . h_t`` may be
+reassociated (``fastmath``), so they differ from the reference in the last bits; every
+operation reads only steps ``<= t``, so outputs stay causal bit for bit. Channel-group sums
+(``dB``, ``dC``) go to one slot per group, fixed by ``CHANNEL_GROUPS`` and not by the thread
+count, so results do not depend on the threads.
 
 Work is shared among ``torch.get_num_threads()`` threads (``mkeval.threads.share_work``:
 pieces claimed one at a time, so a core taken by another process does not stall the scan).
@@ -179,7 +182,11 @@ def kernels(n_states: int):
         per = (n_d + CHANNEL_GROUPS - 1) // CHANNEL_GROUPS
         H = np.empty((T + 1, Nr), dtype=dt.dtype)  # H[0]: state entering the chunk, H[j + 1]: h at t0 + j
         E = np.empty((T, Nr), dtype=dt.dtype)  # decays exp(dt A) of the chunk's steps
-        GY = np.empty(T, dtype=dt.dtype)  # dL/dy of the chunk's steps (y before the gate)
+        # one channel's values over the chunk's steps, gathered (u, z, ... are read along time,
+        # strided) so that the elementwise passes over them vectorise, exp included
+        DT, U, DL = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
+        GY, W = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
+        GU, GD = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
         one = dt.dtype.type(1.0)
         for item in range(start, stop):
             bi, grp = item // CHANNEL_GROUPS, item % CHANNEL_GROUPS
@@ -194,31 +201,41 @@ def kernels(n_states: int):
                 t1 = min(L, t0 + T)
                 for di in range(d0, d1):
                     ci = di - d0
+                    nt = t1 - t0
+                    for j in range(nt):
+                        DT[j] = dt[bi, di, t0 + j]
+                        U[j] = u[bi, di, t0 + j]
+                        GY[j] = dout[bi, di, t0 + j]
                     # through the gate and D u: dL/dy, dL/dz, dL/dD
-                    for j in range(t1 - t0):
-                        t = t0 + j
-                        go = dout[bi, di, t]
-                        if has_z:
-                            zt = z[bi, di, t]
+                    if has_z:
+                        for j in range(nt):
+                            W[j] = z[bi, di, t0 + j]
+                            DL[j] = y[bi, di, t0 + j]
+                        for j in range(nt):
+                            zt = W[j]
                             sig = one / (one + _exp(-zt))
-                            dz[bi, di, t] = go * y[bi, di, t] * sig * (one + zt * (one - sig))
-                            go = go * zt * sig
-                        GY[j] = go
-                        if has_D:
-                            dD[bi, di] += go * u[bi, di, t]
+                            W[j] = GY[j] * DL[j] * sig * (one + zt * (one - sig))  # dL/dz
+                            GY[j] = GY[j] * zt * sig
+                        for j in range(nt):
+                            dz[bi, di, t0 + j] = W[j]
+                    if has_D:
+                        acc = dt.dtype.type(0.0)
+                        for j in range(nt):
+                            acc += GY[j] * U[j]
+                        dD[bi, di] += acc
                     # recompute the chunk's states from the one entering it
                     H[0, :] = enter[c, bi, di, :]
-                    for j in range(t1 - t0):
+                    for j in range(nt):
                         t = t0 + j
-                        step = dt[bi, di, t]
-                        x = step * u[bi, di, t]
+                        step = DT[j]
+                        x = step * U[j]
                         for k in range(Nr):
                             a = _exp(step * A[di, k])
                             E[j, k] = a
                             H[j + 1, k] = a * H[j, k] + x * Bt[bi, t, k]
-                    for j in range(t1 - t0 - 1, -1, -1):
+                    for j in range(nt - 1, -1, -1):
                         t = t0 + j
-                        gy, step, ut = GY[j], dt[bi, di, t], u[bi, di, t]
+                        gy, step, ut = GY[j], DT[j], U[j]
                         x = step * ut
                         # four short loops over the states, not one: each has few enough arrays
                         # for the compiler to vectorise it
@@ -236,17 +253,27 @@ def kernels(n_states: int):
                             ga_sum[ci, k] += ga * step
                             gdt += ga * A[di, k]
                             nxt[ci, k] = E[j, k]
-                        gdt += gdtu * ut
-                        gu = gdtu * step
-                        if has_D:
-                            gu += gy * D[di]
-                        du[bi, di, t] = gu
-                        if softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
-                            xt = delta[bi, di, t]
-                            if xt <= 20:
-                                gdt = gdt * (one / (one + _exp(-xt)))
-                        ddelta[bi, di, t] = gdt
-                        dbias[bi, di] += gdt
+                        GU[j] = gdtu
+                        GD[j] = gdt + gdtu * ut
+                    # du, and through softplus and the bias: elementwise over the chunk
+                    for j in range(nt):
+                        GU[j] = GU[j] * DT[j]
+                    if has_D:
+                        for j in range(nt):
+                            GU[j] += GY[j] * D[di]
+                    for j in range(nt):
+                        du[bi, di, t0 + j] = GU[j]
+                    if softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
+                        for j in range(nt):
+                            DL[j] = delta[bi, di, t0 + j]
+                        for j in range(nt):
+                            xt = DL[j]
+                            GD[j] = GD[j] * (one / (one + _exp(-xt))) if xt <= 20 else GD[j]
+                    acc = dt.dtype.type(0.0)
+                    for j in range(nt):
+                        ddelta[bi, di, t0 + j] = GD[j]
+                        acc += GD[j]
+                    dbias[bi, di] += acc
             for di in range(d0, d1):
                 dA[bi, di, :] = ga_sum[di - d0]
 

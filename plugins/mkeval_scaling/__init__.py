@@ -178,3 +178,8 @@ def register_benchmarks(register):
     register(BenchmarkSpec(name="scaling", run=run,
                            description="training-step time, tokens/s, memory and FLOPs per token vs sequence "
                                        "length, fixed tokens per batch, for any models"))
+    from . import executors
+
+    register(BenchmarkSpec(name="executors", run=executors.run,
+                           description="the Ray executor's wall time against the local executor's on one matrix "
+                                       "of small cells (needs mkeval[ray])"))

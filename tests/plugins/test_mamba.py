@@ -5,6 +5,7 @@ import importlib.util
 import logging
 import math
 
+import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -286,6 +287,30 @@ def test_scan_without_D_z_bias_or_softplus_matches_too(kernel, dtype, without):
             assert a is None and b is None
             continue
         torch.testing.assert_close(a.double(), b, rtol=100 * tol, atol=100 * tol * b.abs().max().item())
+
+
+@pytest.mark.skipif(not numba_installed(), reason="numba not installed")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_exp_is_within_one_ulp_of_the_rounded_exponential(dtype):
+    """The compiled scan's own exp against numpy's (rounded from float64 for float32 inputs)."""
+    from mkeval_mamba.compiled import exp_values
+
+    lo, hi = (-110.0, 90.0) if dtype == np.float32 else (-750.0, 712.0)
+    x = np.concatenate([np.linspace(lo, hi, 400_001), -20 * np.random.default_rng(0).random(10_000)]).astype(dtype)
+    got = np.empty_like(x)
+    exp_values(x, got)
+    with np.errstate(over="ignore"):
+        ref = np.exp(x.astype(np.float64)).astype(dtype)
+    normal = np.isfinite(ref) & (ref >= np.finfo(dtype).tiny)
+    ulps = np.abs(got[normal].astype(np.float64) - ref[normal]) / np.spacing(ref[normal]).astype(np.float64)
+    assert ulps.max() <= 1.0
+    small = np.isfinite(ref) & ~normal  # subnormal results, and zero, within one subnormal step
+    assert np.abs(got[small].astype(np.float64) - ref[small]).max() <= np.finfo(dtype).smallest_subnormal
+    assert np.array_equal(got[~np.isfinite(ref)], ref[~np.isfinite(ref)])  # overflow to inf
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0], dtype=dtype)
+    out = np.empty_like(specials)
+    exp_values(specials, out)
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0.0 and out[3] == 1.0
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

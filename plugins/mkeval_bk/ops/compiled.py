@@ -242,7 +242,7 @@ def _float64(t: torch.Tensor) -> np.ndarray:
 
 
 def _couplings(b: torch.Tensor, s: int, n: int) -> np.ndarray:
-    return _np(b) if n > 1 else np.zeros((s, 1), dtype=np.float64)  # never read when N = 1
+    return _np(b) if n > 1 else torch.zeros((s, 1), dtype=b.dtype).numpy()  # never read when N = 1
 
 
 def _real(dtype: torch.dtype) -> torch.dtype:
@@ -269,7 +269,7 @@ def op_backward(
     dtype = out.dtype
     g_diag, g_off = torch.empty((s, n), dtype=dtype), torch.empty((s, n - 1), dtype=dtype)
     g_zr, g_zi = torch.empty(s, dtype=dtype), torch.empty(s, dtype=dtype)
-    g_off_np = g_off.numpy() if n > 1 else np.zeros((s, 1), dtype=np.float64)
+    g_off_np = g_off.numpy() if n > 1 else torch.empty((s, 1), dtype=dtype).numpy()  # never written when N = 1
     _run(_gradient_groups, s, n, _np(out), _couplings(b, s, n), _np(grad.to(dtype)), g_diag.numpy(), g_off_np,
          g_zr.numpy(), g_zi.numpy())
     return g_diag, g_off, g_zr, g_zi
