@@ -1,4 +1,4 @@
-"""The ``mkeval`` command: a thin shell over the library. ``rich`` lives here and in the report layer only.
+"""The ``mkeval`` command: a thin shell over the library (``rich`` is used here, in ``progress.py`` and in the report layer).
 
 Exit codes: 0 success; 1 a run finished with failed cells, or ``check`` found a broken
 contract; 2 bad input (nothing written).
@@ -41,72 +41,139 @@ def _positive_int(option: str):
     return parse
 
 
+DESCRIPTION = """\
+Train sequence models from scratch, fine-tune and evaluate them side by side under one
+protocol: language-modelling perplexity, downstream tasks (GLUE, SuperGLUE, SQuAD, MMLU),
+precisions and sequence lengths. Models, datasets, precisions, tasks and benchmarks are
+plugins (mkeval list). Exit codes: 0 success, 1 failed cells or checks, 2 bad input."""
+
+EPILOG = """\
+examples:
+  mkeval list
+  mkeval run --models bk,mamba --datasets markov --train-tokens 65536 --seeds 0,1,2
+  mkeval run --models bk,mamba --tasks rte,mmlu_anatomy --data-dir ../shared/data --limit 32
+  mkeval report results --html
+Run `mkeval COMMAND --help` for a command's options; docs/ has the manual."""
+
+
+def _command(sub: Any, name: str, summary: str, examples: Sequence[str], more: str = "") -> argparse.ArgumentParser:
+    """A subcommand with a one-line summary (in ``mkeval --help``) and examples (in its own --help)."""
+    text = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + "." + (f" {more}" if more else ""),
+                          epilog=text, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mkeval", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mkeval", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details (default: off)")
+    parser.add_argument("--version", action="version", version=f"mkeval {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="show every registered plugin by kind, with its distribution and load errors")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p = _command(sub, "list", "show every registered plugin by kind, with its distribution and load errors",
+                 ["mkeval list", "mkeval list --json"])
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables (default: off)")
 
-    p = sub.add_parser("run", help="train and evaluate the matrix models x datasets x seq lens x precisions x seeds",
-                       description="Every option below is also a key of a --config YAML file and a keyword of "
-                                   "mkeval.run(...); a flag beats the config file, which beats the default.")
+    p = _command(sub, "run", "train and evaluate the matrix models x datasets x seq lens x precisions x seeds",
+                 ["mkeval run --models bk,mamba --datasets markov --train-tokens 65536",
+                  "mkeval run --models bk,mamba --datasets wikitext-2,ptb --bits 32,8,4 --seeds 0,1,2",
+                  "mkeval run --models bk --tasks glue --data-dir ../shared/data --limit 64",
+                  "mkeval run --config examples/protocol.yaml --models bk"],
+                 "Every option below is also a key of a --config YAML file and a keyword of mkeval.run(...); a flag "
+                 "beats the config file, which beats the default. Results: one JSON per cell in --output-dir "
+                 "(docs/results.md).")
     add_arguments(p)
-    p.add_argument("--config", help="YAML file of run options and protocol fields (flags override it; see "
-                                    "docs/protocol.md)")
+    p.add_argument("--config", metavar="FILE", help="YAML file of run options and protocol fields (flags override "
+                                                    "it; examples/protocol.yaml lists every field; default: none)")
 
-    p = sub.add_parser("report", help="print a comparison table of a results directory; write report.md and .csv")
-    p.add_argument("directory")
+    p = _command(sub, "report", "print a comparison table of a results directory; write report.md and .csv",
+                 ["mkeval report results", "mkeval report results --html --baseline transformer"])
+    p.add_argument("directory", help="a run's --output-dir (the result JSON files, summaries and checkpoints)")
     p.add_argument("--ignore-bad-files", action="store_true",
-                   help="exit 0 even when some result files cannot be read (they are still named)")
+                   help="exit 0 even when some result files cannot be read (they are still named; default: off, exit 1)")
     p.add_argument("--baseline", metavar="MODEL",
                    help="the model listed first and compared with every other one (default: the first found)")
     p.add_argument("--html", action="store_true",
-                   help="also write report.html (tables and plots on one self-contained page) and plots/*.png")
+                   help="also write report.html (tables and plots on one self-contained page) and plots/*.png "
+                        "(default: off)")
 
-    p = sub.add_parser("check", help="run the model contract checks on a registered model")
-    p.add_argument("model")
-    p.add_argument("--size", help="size preset")
-    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=24)
-    p.add_argument("--vocab-size", type=_positive_int("--vocab-size"), default=37)
+    p = _command(sub, "check", "run the model contract checks (shapes, strict causality, determinism, ...) on a "
+                 "registered model", ["mkeval check bk", "mkeval check mamba --size small --seq-len 64"])
+    p.add_argument("model", help="a registered model name (mkeval list shows them)")
+    p.add_argument("--size", help="size preset, e.g. tiny, small, base (default: the model's default)")
+    p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=24,
+                   help="sequence length of the check inputs, a positive integer (default: %(default)s)")
+    p.add_argument("--vocab-size", type=_positive_int("--vocab-size"), default=37,
+                   help="vocabulary size of the check model, a positive integer (default: %(default)s)")
 
-    p = sub.add_parser("data", help="print a dataset's split statistics (documents, lines, words, bytes, tokens)")
-    p.add_argument("dataset")
-    p.add_argument("--split", help="train, valid (validation) or test (default: all three)")
-    p.add_argument("--data-dir", help="root folder of local dataset files")
-    p.add_argument("--tokenizer", default="word", help="word (default), byte, bpe[:VOCAB] or a local HF tokenizer")
-    p.add_argument("--split-map", help="read a role from another split, e.g. train=valid")
+    p = _command(sub, "data", "print a dataset's split statistics (documents, lines, words, bytes, tokens)",
+                 ["mkeval data ptb --data-dir ../shared/data",
+                  "mkeval data ptb --data-dir ../shared/data --split test --json",
+                  "mkeval data wikitext-2 --tokenizer bpe:8192",
+                  "mkeval data markov --seq-len 256"],
+                 "Each split on disk, as a run would tokenize it; absent splits are listed, not required. A word "
+                 "or BPE vocabulary is fitted on train, else on valid (the output says which), never on test. "
+                 "Without --data-dir the dataset is downloaded from the Hugging Face hub (docs/datasets.md).")
+    p.add_argument("dataset", help="a registered dataset: wikitext-2, wikitext-2-raw, wikitext-103, "
+                                   "wikitext-103-raw, ptb, c4, pile, the synthetic markov, mqar, selective-copy, "
+                                   "induction, or a plugin's (`mkeval list` shows them all)")
+    p.add_argument("--split", metavar="SPLIT",
+                   help="train, valid (also validation, dev) or test; that split must be on disk (default: every "
+                        "split on disk)")
+    p.add_argument("--data-dir", metavar="ROOT",
+                   help="root folder of local dataset files, one folder per dataset (docs/datasets.md; default: "
+                        "none, download from the Hugging Face hub)")
+    p.add_argument("--tokenizer", default="word",
+                   help="word, word:N, byte, bpe, bpe:N or a local Hugging Face tokenizer folder "
+                        "(default: %(default)s)")
+    p.add_argument("--split-map", metavar="ROLE=SPLIT[,...]",
+                   help="read a role from another split, e.g. train=valid; roles and splits are train, valid, test "
+                        "(default: none)")
     p.add_argument("--seq-len", type=_positive_int("--seq-len"), default=128,
-                   help="sequence length (example-based synthetic datasets depend on it)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+                   help="sequence length, a positive integer; example-based synthetic datasets depend on it "
+                        "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
 
-    p = sub.add_parser("bench", help="run a registered benchmark (e.g. bk-core, mamba-scan)")
-    p.add_argument("name")
-    p.add_argument("--seq-len", help="comma-separated sequence lengths")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"))
-    p.add_argument("--models", help="comma-separated model names")
-    p.add_argument("--repeats", type=_positive_int("--repeats"))
-    p.add_argument("--device")
-    p.add_argument("--output", help="JSON file for the results (default: bench_NAME.json)")
+    p = _command(sub, "bench", "run a registered benchmark and print its table (speed and memory as ratios "
+                 "measured in the same process)",
+                 ["mkeval bench bk-core", "mkeval bench scaling --models bk,mamba,transformer --seq-len 256,1024",
+                  "mkeval bench executors --repeats 5"])
+    p.add_argument("name", help="a registered benchmark: bk-core, mamba-scan, scaling, executors, or a plugin's "
+                                "(mkeval list shows them)")
+    p.add_argument("--seq-len", metavar="N,M", help="comma-separated sequence lengths (default: the benchmark's own)")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), metavar="N",
+                   help="batch size, a positive integer (default: the benchmark's own)")
+    p.add_argument("--models", metavar="A,B", help="comma-separated model names, for benchmarks that compare "
+                                                   "models (default: the benchmark's own)")
+    p.add_argument("--repeats", type=_positive_int("--repeats"), metavar="N",
+                   help="timed repetitions per measurement, a positive integer; the median is reported (default: "
+                        "the benchmark's own)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the benchmark's own, mostly cuda when "
+                                    "available)")
+    p.add_argument("--output", metavar="FILE", help="JSON file for the results (default: bench_NAME.json)")
     add_interop_parsers(sub)
     return parser
 
 
 def add_interop_parsers(sub: Any) -> None:
     """``export`` and ``lm-eval``: checkpoints to other tools (docs/interop.md)."""
-    p = sub.add_parser("export", help="a checkpoint as a transformers model folder (--format hf), or a run's "
-                                      "downstream results in lm-eval's output format (--format lm-eval)")
+    p = _command(sub, "export", "write a checkpoint as a transformers model folder (--format hf), or a run's "
+                 "downstream results in lm-eval's output format (--format lm-eval)",
+                 ["mkeval export results/checkpoints/CELL --output bk-hf",
+                  "mkeval export results --format lm-eval --output lm-eval-results"])
     p.add_argument("checkpoint", help="hf: a checkpoint directory (results/checkpoints/CELL); lm-eval: a run's "
                                       "output directory")
     p.add_argument("--format", default="hf", choices=["hf", "lm-eval"],
                    help="hf: transformers (default); lm-eval: results.json and samples_<task>.jsonl per model and mode")
-    p.add_argument("--output", required=True, help="folder to create (must be new or empty)")
+    p.add_argument("--output", required=True, help="folder to create (must be new or empty; required)")
 
-    p = sub.add_parser("lm-eval", help="run lm-evaluation-harness on a checkpoint: mkeval lm-eval DIR -- --tasks ...",
-                       description="Runs `lm-eval run --model mkeval --model_args pretrained=DIR` with the arguments "
-                                   "after `--` (e.g. --tasks, --include_path, --output_path, --limit).")
-    p.add_argument("checkpoint", help="checkpoint directory")
+    p = _command(sub, "lm-eval", "run lm-evaluation-harness on a checkpoint: mkeval lm-eval DIR -- --tasks ...",
+                 ["mkeval lm-eval results/checkpoints/CELL -- --tasks lambada_openai --limit 100"],
+                 "Runs `lm-eval run --model mkeval --model_args pretrained=DIR` with the arguments after `--` "
+                 "(e.g. --tasks, --include_path, --output_path, --limit).")
+    p.add_argument("checkpoint", help="checkpoint directory (results/checkpoints/CELL)")
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval arguments, after --")
 
 
@@ -195,7 +262,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if launched() and os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone reports
         run(config=args.config, **values)
         return 0
-    with RunProgress() as progress:
+    from .progress import run_progress
+
+    with run_progress(console) as progress:
         result = run(config=args.config, progress=progress, **values)
     for c in result.failed:
         console.print(f"[red]failed[/] {c.name}: {escape(c.error or '')} "
@@ -209,59 +278,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"downstream results: {', '.join(p.name for p in result.downstream_files)}")
     console.print(f"Compare them with: mkeval report {result.output_dir}")
     return 1 if result.failed or result.failed_tasks else 0
-
-
-class RunProgress:
-    """Progress bars for the matrix and the current cell (step, loss, tokens/s, ETA)."""
-
-    def __init__(self) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                             console=console, transient=False)
-        self.matrix = None
-        self.cell = None
-        self.tasks = None
-
-    def __enter__(self) -> "RunProgress":
-        self.bars.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.bars.__exit__(*exc)
-
-    def __call__(self, event: str, **info: Any) -> None:
-        if event == "plan" and info["cells"]:
-            self.matrix = self.bars.add_task("matrix", total=len(info["cells"]), info="")
-        elif event == "cell_start":
-            if self.cell is not None:
-                self.bars.remove_task(self.cell)
-            self.cell = self.bars.add_task(info["name"], total=info["steps"], info="")
-        elif event == "step" and self.cell is not None:
-            self.bars.update(self.cell, completed=info["step"],
-                             info=f"loss {info['loss']:.3f}  {info['tokens_per_second']:,.0f} tok/s")
-        elif event == "eval" and self.cell is not None:
-            self.bars.console.print(f"  step {info['step']}/{info['steps']}: validation perplexity {info['perplexity']:.3f}")
-        elif event == "downstream_plan":
-            self.tasks = self.bars.add_task("downstream", total=len(info["units"]) * len(info["tasks"]), info="")
-        elif event == "task_start" and getattr(self, "tasks", None) is not None:
-            self.bars.update(self.tasks, info=f"{info['unit']}: {info['task']}")
-        elif event == "task_end" and getattr(self, "tasks", None) is not None:
-            self.bars.advance(self.tasks)
-            if not info["status"].startswith("ok"):
-                self.bars.console.print(f"{info['unit']}: task {info['task']}: {info['status']}")
-        elif event == "jobs":  # --executor ray: the whole cluster's jobs
-            if self.matrix is None:
-                self.matrix = self.bars.add_task("jobs", total=info["total"], info="")
-            self.bars.update(self.matrix, completed=info["finished"] + info["failed"],
-                             info=f"{len(info['running'])} running, {info['failed']} failed")
-            for name, status in info["ended"]:
-                self.bars.console.print(f"{name}: {status}")
-        elif event == "cell_end" and self.matrix is not None:
-            self.bars.advance(self.matrix)
-            self.bars.console.print(f"{info['name']}: {info['status']}")
 
 
 # ---------------------------------------------------------------------------- report
@@ -318,6 +334,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         table.add_row(name, *[_cell(row.get(c)) if not isinstance(row.get(c), int) else f"{row[c]:,}"
                               for c in columns[1:]])
     out.print(table)
+    for name, looked in stats["absent_splits"].items():
+        where = f" (looked for: {', '.join(looked)})" if looked else ""
+        out.print(escape(f"{name}: absent{where}"), highlight=False)
+    if stats["vocab_note"]:
+        out.print(escape(f"vocabulary: {stats['vocab_note']}"), highlight=False)
+    elif stats["vocab_source"] is not None:
+        out.print(f"vocabulary: fitted on {stats['vocab_source']}", highlight=False)
     return 0
 
 

@@ -69,12 +69,12 @@ def test_output_dir_that_cannot_be_written_exits_2(tmp_path):
 def test_run_then_report(tmp_path, capsys):
     out = tmp_path / "res"
     code = main(["run", "--models", "transformer", "--datasets", "induction", "--seq-len", "16", "--train-tokens",
-                 "1024", "--batch-size", "8", "--eval-interval", "4", "--limit", "4", "--output-dir", str(out)])
+                 "1024", "--batch-size", "8", "--eval-interval", "4", "--limit-windows", "4", "--output-dir", str(out)])
     assert code == 0
     [result] = [p for p in out.glob("*.json") if p.name.startswith("transformer_")]
     assert result.name == "transformer_induction_seq16_bits32.json"
     data = json.loads(result.read_text())
-    assert data["config"]["limit"] == 4 and data["test_tokens"] == 4  # one scored token per example
+    assert data["config"]["limit_windows"] == 4 and data["test_tokens"] == 4  # one scored token per example
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -83,6 +83,16 @@ def test_run_then_report(tmp_path, capsys):
     assert f"{data['test_perplexity']:.3f}" in md
     csv_lines = (out / "report.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and csv_lines[0].startswith("model_name,dataset")
+
+
+def test_limit_is_for_tasks_and_limit_windows_for_language_modelling(tmp_path, capsys):
+    """lm-eval's --limit counts task examples; a run without --tasks is told to use --limit-windows."""
+    out = tmp_path / "res"
+    assert main(["run", "--models", "transformer", "--datasets", "induction", "--limit", "4",
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--limit 4" in err and "no --tasks" in err and "--limit-windows 4" in err
+    assert not out.exists()
 
 
 def test_report_on_an_empty_dir_exits_2(tmp_path):

@@ -201,7 +201,7 @@ def test_prompt_scores_after_pretraining_on_lower_case_ptb_are_marked_not_number
     root = shared_data_or_skip()
     proc = subprocess.run([sys.executable, "-m", "mkeval", "run", "--models", "bk,mamba", "--datasets", "ptb",
                            "--data-dir", str(root), "--split-map", "train=valid", "--tasks", "mmlu_anatomy,rte",
-                           "--limit", "4", "--train-tokens", "8192", "--output-dir", str(tmp_path)],
+                           "--limit", "4", "--limit-windows", "4", "--train-tokens", "8192", "--output-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for model in ("bk", "mamba"):

@@ -271,7 +271,7 @@ def test_cell_hash_tracks_what_changes_the_number(reg, tiny_protocol, tmp_path):
                       datasets="markov", dry_run=True).cells[0].cell_hash == base[0]
     assert hashes(protocol=tiny_protocol.replace(lr=1e-4)) != base
     assert hashes(protocol=tiny_protocol.replace(data_seed=7)) != base
-    assert hashes(limit=3) != base
+    assert hashes(limit_windows=3) != base
     assert hashes(dataset_options={"markov": {"vocab": 8}}) != base
     assert hashes(model_options={"bigram": {"d_model": 8}}) != base
 

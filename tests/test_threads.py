@@ -143,3 +143,30 @@ def test_share_work_runs_pieces_on_more_than_one_thread():
 
     threads.share_work(task, 20, 2, 1)
     assert len(names) == 2
+
+
+def test_a_run_uses_the_chosen_threads_records_them_and_restores_torchs(machine, tmp_path):
+    """A run's intra-op threads come from the rule (here a 1-CPU quota on a 2-CPU mask), are
+    recorded in every result, and --threads overrides; torch's own setting is restored after."""
+    import json
+
+    import torch
+
+    import mkeval
+
+    machine(2, {"cpu.max": "100000 100000\n"})
+    before = torch.get_num_threads()
+    seen = []
+    small = dict(models="transformer", datasets="markov", seq_len=16, train_tokens=256, batch_size=8,
+                 eval_interval=2, limit_windows=2, device="cpu")
+
+    def progress(event, **info):
+        if event == "cell_start":
+            seen.append(torch.get_num_threads())
+
+    mkeval.run(output_dir=tmp_path / "a", progress=progress, **small)
+    mkeval.run(output_dir=tmp_path / "b", progress=progress, threads=3, **small)
+    assert seen == [1, 3] and torch.get_num_threads() == before
+    recorded = [json.loads(next((tmp_path / d).glob("transformer_*.json")).read_text())["config"]["run"]["threads"]
+                for d in ("a", "b")]
+    assert recorded == [1, 3]

@@ -244,6 +244,12 @@ def _load_hub(config: TaskConfig, hub: HubSource, skip: bool) -> TaskData:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise TaskSkipped(f"the datasets library is not importable ({exc})") from None
+    from . import hub as hub_check
+
+    if hub_check.offline_mode() is None and (reason := hub_check.unreachable()) is not None:
+        raise TaskSkipped(f"Hugging Face dataset {hub.path}/{hub.name or ''}: the hub is not reachable ({reason}); "
+                          "give --data-dir with the official files, or set HF_HUB_OFFLINE=1 to read the Hugging "
+                          "Face cache only")
     data = TaskData(rows={}, source=f"hub:{hub.path}" + (f"/{hub.name}" if hub.name else ""))
     for role, split in hub.splits.items():
         try:

@@ -5,6 +5,8 @@ Text dataset plugins describe where their documents come from (a ``TextSource``)
 
 - splits are mapped by role (``train``/``valid``/``test``; ``validation`` and ``dev`` mean
   ``valid``), so a run can, say, train on the validation split when only valid/test are on disk;
+- a run needs all three roles; ``mkeval data`` (a ``StatisticsRequest``) only the splits on
+  disk, and fits a vocabulary on train, else valid, never test;
 - a split becomes one stream: an end-of-document token, then each document followed by one,
   so every real token (and every separator) is a target exactly once;
 - streaming sources (C4, the Pile) are read only up to a token budget (whole documents, stopping
@@ -148,60 +150,118 @@ def file_fingerprint(paths: list[Path]) -> str:
 
 def resolve_roles(source: TextSource, split_map: dict[str, str]) -> dict[str, str]:
     """Role -> source split, after the user's mapping; a missing split lists what was looked for."""
-    mapping = split_map
     out = {}
     for role in ROLES:
-        split = mapping.get(role, role)
+        split = split_map.get(role, role)
         if split not in source.splits:
-            looked = source.looked_for.get(split) or sorted(source.splits)
-            hint = "" if role not in mapping else f" (mapped from {role!r} by --split-map)"
-            available = sorted(source.splits)
-            # never suggest reading the test split for another role
-            usable = [s for s in ("valid", "train", "test") if s in source.splits and (s != "test" or role == "test")]
-            example = f", e.g. --split-map {role}={usable[0]}" if usable else ""
-            raise UsageError(
-                f"dataset {source.dataset!r}: no {split!r} split{hint}; looked for: {', '.join(looked)}. "
-                f"Available: {', '.join(available) or 'none'}. Map a role onto an available split "
-                f"with --split-map{example}"
-            )
+            raise UsageError(_missing_split(source, role, split, split_map))
         out[role] = split
     return out
 
 
+def _missing_split(source: TextSource, role: str, split: str, split_map: dict[str, str]) -> str:
+    looked = source.looked_for.get(split) or sorted(source.splits)
+    mapped = "" if role not in split_map else f" (mapped from {role!r} by --split-map)"
+    # the only mapping suggested is onto valid: never read test for another role
+    example = f", e.g. --split-map {role}=valid" if role != "valid" and "valid" in source.splits else ""
+    return (f"dataset {source.dataset!r}: no {split!r} split{mapped}; looked for: {', '.join(looked)}. "
+            f"Available: {', '.join(sorted(source.splits)) or 'none'}. Map a role onto an available split "
+            f"with --split-map{example}")
+
+
+@dataclass(frozen=True)
+class StatisticsRequest(DataRequest):
+    """What ``mkeval data`` asks a text dataset for: only the roles in ``splits``, each only if on disk.
+
+    Absent roles are listed in ``info["absent_splits"]`` (an error only when ``required``). A word
+    or BPE vocabulary is fitted on the split the train role reads, else on valid, never on test;
+    with neither, no vocabulary is fitted (``info["no_vocabulary"]`` says why).
+    """
+
+    splits: tuple[str, ...] = ROLES
+    required: bool = False  # the roles were named (``--split``): a missing one is an error
+
+
+def present_roles(source: TextSource, split_map: dict[str, str], request: StatisticsRequest
+                  ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Role -> source split for the requested roles on disk, and role -> what was looked for, for the others."""
+    roles, absent = {}, {}
+    for role in request.splits:
+        split = split_map.get(role, role)
+        if split in source.splits:
+            roles[role] = split
+        elif request.required:
+            raise UsageError(f"dataset {source.dataset!r}: no {split!r} split"
+                             f"{'' if role not in split_map else f' (mapped from {role!r} by --split-map)'}; "
+                             f"looked for: {', '.join(source.looked_for.get(split) or ['-'])}. On disk: "
+                             f"{', '.join(sorted(source.splits)) or 'none'} (without --split, every split on disk "
+                             "is reported)")
+        else:
+            absent[role] = source.looked_for.get(split, [])
+    return roles, absent
+
+
+def vocabulary_split(source: TextSource, split_map: dict[str, str]) -> str | None:
+    """The split a fitted vocabulary comes from for statistics: the train role's, else valid; never test."""
+    for split in (split_map.get("train", "train"), "valid"):
+        if split != "test" and split in source.splits:
+            return split
+    return None
+
+
 def build_lm_data(source: TextSource, request: DataRequest) -> LMData:
-    """Tokenize ``source`` for ``request`` (tokenizer, split map, budgets), through the cache."""
-    roles = resolve_roles(source, parse_split_map(dict(request.split_map), allow_test=True))
+    """Tokenize ``source`` for ``request`` (tokenizer, split map, budgets), through the cache.
+
+    A run needs all three roles; a ``StatisticsRequest`` only the splits on disk.
+    """
+    split_map = parse_split_map(dict(request.split_map), allow_test=True)
+    info: dict[str, Any] = {}
+    if isinstance(request, StatisticsRequest):
+        roles, info["absent_splits"] = present_roles(source, split_map, request)
+        fit_on = vocabulary_split(source, split_map)
+    else:
+        roles = resolve_roles(source, split_map)
+        fit_on = roles["train"]
     root = cache_root() / "tokens" / source.dataset
     budgets = {"train": request.train_tokens + request.seq_len + 1 if source.streaming else None}
     eval_budget = request.eval_tokens or STREAM_EVAL_TOKENS
     for role in ("valid", "test"):
         budgets[role] = eval_budget + request.seq_len + 1 if source.streaming else None
-    train_split = source.splits[roles["train"]]
-    tokenizer = load_tokenizer(request.tokenizer, train_split, budgets["train"], root)
+    fitted = needs_training(request.tokenizer)
+    if fitted and fit_on is None:
+        # no train or valid split: fitting on test would leak it, so nothing is fitted; an empty word
+        # vocabulary still counts documents, words and (for word tokenizers) tokens exactly
+        tokenizer = make_tokenizer("word", [])
+        info["no_vocabulary"] = (f"no train or valid split to fit it on: the {request.tokenizer} vocabulary is "
+                                 "never fitted on test, so none was fitted")
+    else:
+        split = source.splits[fit_on] if fitted else None
+        tokenizer = load_tokenizer(request.tokenizer, split, budgets["train"], root)
     splits: dict[str, TokenSplit] = {}
     for role, name in roles.items():
         splits[role] = tokenize_split(source.dataset, name, source.splits[name], tokenizer, budgets[role], root)
-    same = sorted({r for r in ROLES if list(roles.values()).count(roles[r]) > 1})
+    same = sorted({r for r in roles if list(roles.values()).count(roles[r]) > 1})
     return LMData(
         vocab_size=tokenizer.vocab_size,
         splits=splits,
         info={
             **source.info,
-            "tokenizer": tokenizer.name,
+            "tokenizer": tokenizer.name if "no_vocabulary" not in info else request.tokenizer,
             "tokenizer_fingerprint": tokenizer.fingerprint,
             "split_map": roles,
             "streaming": source.streaming,
             "token_budgets": budgets,
-            "vocabulary_fitted_on": roles["train"] if needs_training(request.tokenizer) else None,
+            "vocabulary_fitted_on": fit_on if fitted and "no_vocabulary" not in info else None,
             "same_text": same,
             **({"warning": f"splits {', '.join(same)} read the same text"} if same else {}),
+            **info,
         },
         tokenizer=tokenizer,
     )
 
 
-def load_tokenizer(spec: str, train: TextSplit, budget: int | None, root: Path) -> Tokenizer:
-    """The run's tokenizer, fitted on the (budgeted) train split for word and bpe, cached as JSON."""
+def load_tokenizer(spec: str, train: TextSplit | None, budget: int | None, root: Path) -> Tokenizer:
+    """The run's tokenizer, fitted on the (budgeted) ``train`` split for word and bpe, cached as JSON."""
     if not needs_training(spec):
         return make_tokenizer(spec)
     key = hashlib.sha256(json.dumps([CACHE_FORMAT, spec, train.fingerprint, budget]).encode()).hexdigest()[:16]

@@ -57,7 +57,7 @@ class CellPlan:
     model_size: str | None
     model_options: dict[str, Any]
     data_dir: str | None
-    limit: int | None
+    limit_windows: int | None  # --limit-windows (its hash key is "limit", as before the option was split)
     match_params: str | None = None  # reference model whose non-embedding count this model is sized to
     reference_size: str | None = None
     split_map: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -72,7 +72,7 @@ class CellPlan:
     @property
     def identity(self) -> dict[str, Any]:
         out = {"cell": self.cell.__dict__, "model_size": self.model_size, "model_options": self.model_options,
-               "data_dir": self.data_dir, "limit": self.limit, "match_params": self.match_params,
+               "data_dir": self.data_dir, "limit": self.limit_windows, "match_params": self.match_params,
                "reference_options": self.reference_options, "split_map": self.split_map,
                "dataset_options": self.dataset_options}
         if self.evaluates is not None:  # absent otherwise, so training cells keep their hashes
@@ -127,8 +127,8 @@ def run_cell(
         raise CellFailed(f"dataset {cell.dataset!r}: the train split holds {len(splits['train'])} windows of seq_len "
                          f"{cell.seq_len}, fewer than batch_size {protocol.batch_size}; use a shorter --seq-len or "
                          "more data")
-    val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit or 0)
-    test = limit_windows(splits["test"], protocol.test_tokens, plan.limit or 0)
+    val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit_windows or 0)
+    test = limit_windows(splits["test"], protocol.test_tokens, plan.limit_windows or 0)
     model, options, match, contract = build_for(plan, data.vocab_size, registry, device, checks)
     probe = splits["train"].take(torch.arange(protocol.batch_size))
     flops = count_step_flops(model, probe.inputs.to(device),
@@ -231,7 +231,7 @@ def cell_config(plan: CellPlan, data: LMData, protocol: Protocol, registry: Regi
                     "splits": {name: s.info for name, s in data.splits.items()}},
         "precision": {**precision_record(precision), "role": "trained", "trained_at": precision.name,
                       "loss_scaling": precision.grad_scaling and device.type == "cuda"},
-        "limit": plan.limit,
+        "limit_windows": plan.limit_windows,
         "training": {"resumed_at_steps": outcome.resumed_at, "checkpoint_interval": protocol.checkpoint_interval,
                      "data_parallel": outcome.data_parallel},
         "measurement": {
@@ -264,8 +264,8 @@ def evaluate_cell(
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
     windows = cell_windows(data, cell, protocol, ("valid", "test"))
-    val = limit_windows(windows["valid"], protocol.eval_tokens, plan.limit or 0)
-    test = limit_windows(windows["test"], protocol.test_tokens, plan.limit or 0)
+    val = limit_windows(windows["valid"], protocol.eval_tokens, plan.limit_windows or 0)
+    test = limit_windows(windows["test"], protocol.test_tokens, plan.limit_windows or 0)
     options = dict(base.config["model"]["options"])
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
                         registry=registry, **options).to(device)
@@ -281,7 +281,7 @@ def evaluate_cell(
         "cell": cell.__dict__,
         "precision": {**precision_record(precision), "role": plan.role, "trained_at": base.precision,
                       "evaluation_only": True},
-        "limit": plan.limit,
+        "limit_windows": plan.limit_windows,
         "run": run_info,
     }
     delta = test_eval.perplexity - base.test_perplexity

@@ -138,6 +138,10 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
                              "out --datasets to fine-tune from scratch")
     elif request.include_path is not None:
         raise UsageError("--include-path: given without --tasks")
+    if request.limit is not None and not request.tasks:
+        raise UsageError(f"--limit {request.limit}: limits the examples of downstream tasks, and this run has no "
+                         f"--tasks; to evaluate fewer windows of a language-modelling cell use --limit-windows "
+                         f"{request.limit}")
     options = request.get("model_options", {})
     check_models(registry, protocol, models, options, where)
     device = resolve_device(request.device)
@@ -156,7 +160,7 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
                      request.get("resume", False), progress)
     ctx.run_info = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "git_revision": git_revision(), "resume": ctx.resume, "protocol_hash": protocol.hash}
-    cells = plan_cells(registry, protocol, models, datasets, precisions, options, data_dir, request.limit, sizing,
+    cells = plan_cells(registry, protocol, models, datasets, precisions, options, data_dir, request.limit_windows, sizing,
                        splits, data_options) if pretrain or not configs else []
     tasks = load_tasks(configs, ctx) if configs else []
     units = plan_units(registry, protocol, models, precisions, options, sizing, cells) if configs else []
@@ -205,8 +209,7 @@ def execution(request: RunRequest, ctx: RunContext, registry: Registry, shard: A
                              "sent to them")
         require_ray()
         ray_settings = settings(request, ctx.device)
-    threads = ray_settings.threads if ray_settings else choose_threads(request.threads) if request.threads \
-        else torch.get_num_threads()
+    threads = ray_settings.threads if ray_settings else choose_threads(request.threads)
     ctx.run_info.update(executor=executor, shard=None if shard is None else str(shard), threads=threads,
                         world_size=ctx.world.size, **({"backend": ctx.world.backend} if ctx.world.parallel else {}))
     if shard is not None:

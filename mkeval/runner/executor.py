@@ -156,7 +156,8 @@ def execute(plan: Plan, ctx: RunContext, jobs: list[Job] | None = None,
     statuses: list[CellStatus] = []
     state: dict[str, str] = {}  # job name -> ok | resumed | failed
     if ctx.progress:
-        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)])
+        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)],
+                     tasks=[j.name for j in jobs if isinstance(j, TaskUnit)])
     for index, job in enumerate(jobs):
         status = _one(job, index, ctx, state, unreadable or {})
         statuses.append(status)

@@ -264,7 +264,7 @@ def quantizer(registry: Registry, precision: str) -> str | None:
 # --------------------------------------------------------------------------- the cells
 def plan_cells(registry: Registry, protocol: Protocol, models: list[str], datasets: list[str],
                precisions: list[PrecisionRole], model_options: dict[str, dict[str, Any]], data_dir: Path | None,
-               limit: int | None, sizing: Sizing, split_map: dict[str, str],
+               limit_windows: int | None, sizing: Sizing, split_map: dict[str, str],
                dataset_options: dict[str, dict[str, Any]]) -> list[Job]:
     """The matrix in a fixed order: dataset, seq_len, seed, precision, model (models adjacent for comparison).
 
@@ -301,7 +301,7 @@ def plan_cells(registry: Registry, protocol: Protocol, models: list[str], datase
                         ref = sizing.reference.get(model)
                         source = None if role.trains else trained[(model, role.trained_at)]
                         plan = CellPlan(cell, name_of(model, dataset, seq_len, seed, role), "", size_of(model),
-                                        model_options.get(model, {}), str(data_dir) if data_dir else None, limit,
+                                        model_options.get(model, {}), str(data_dir) if data_dir else None, limit_windows,
                                         ref, size_of(ref) if ref else None, dict(split_map),
                                         model_options.get(ref, {}) if ref else {}, dataset_options.get(dataset, {}),
                                         source.name if source else None, source.job_hash if source else None,

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UsageError
 from ..results import CellStatus
+from ..threads import choose_threads
 from .executor import RunContext, _one, record_failure, resumable, write_run_summary
 from .plan import Job, Plan
 
@@ -52,7 +53,7 @@ class RaySettings:
 def settings(request: Any, device: torch.device) -> RaySettings:
     """``--ray-*`` options checked; the threads each job's worker uses."""
     # threads: as asked, else what --ray-cpus reserves, else the local executor's default (same numbers)
-    threads = request.threads or (max(1, math.floor(request.ray_cpus)) if request.ray_cpus else torch.get_num_threads())
+    threads = request.threads or (max(1, math.floor(request.ray_cpus)) if request.ray_cpus else choose_threads())
     cpus = request.ray_cpus if request.ray_cpus is not None else float(threads)
     gpus = request.ray_gpus if request.ray_gpus is not None else (0.0 if device.type == "cpu" else 1.0)
     if not cpus > 0:

@@ -80,8 +80,10 @@ class RunRequest:
     allow_test_contamination: bool | None = option("--allow-test-contamination", "accept a --split-map that trains "
                                                    "or selects the checkpoint on the test split (every result is "
                                                    "then marked)", "bool", "refused")
-    limit: int | None = option("--limit", "quick runs: evaluate at most N windows per split, and use at most N "
-                               "examples per task split", "int", "no limit")
+    limit: int | None = option("--limit", "downstream tasks: use at most N examples per task split (lm-eval's "
+                               "--limit); quick runs", "int", "every example")
+    limit_windows: int | None = option("--limit-windows", "language-modelling cells: evaluate at most N validation "
+                                       "and N test windows; quick runs", "int", "every window")
     skip_bad_rows: bool | None = option("--skip-bad-rows", "leave out (and count) task data rows with missing "
                                         "fields or unknown labels", "bool", "off: a bad row is an error")
     dev_holdout: bool | None = option("--dev-holdout", "tasks without a train split: fine-tune on a seeded half of "
@@ -92,7 +94,8 @@ class RunRequest:
     dry_run: bool | None = option("--dry-run", "list the jobs and exit", "bool", "off")
     threads: int | None = option("--threads", "CPU threads per job (torch intra-op); numbers are bitwise the same "
                                  "across executors at the same count, and may differ between counts", "int",
-                                 "torch's: OMP_NUM_THREADS, else the cores; with --ray-cpus, that many")
+                                 "OMP_NUM_THREADS when set, else the CPUs this process may use (affinity and CPU quota, not the core "
+                                 "count); with --ray-cpus, that many")
     shard: str | None = option("--shard", "run shard I of N (0-based) of the plan's jobs, e.g. "
                                "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; merge with a final --resume run",
                                "str", "all jobs")

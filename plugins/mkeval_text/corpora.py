@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mkeval import DataRequest, LMData, UsageError
+from mkeval.data import hub
 from mkeval.data.text import TextSource, TextSplit, build_lm_data, file_fingerprint
 
 from .readers import read_json_lines, read_lines
@@ -108,23 +109,34 @@ def _reader(read: Callable[[Path], Iterator[str]], files: list[Path]) -> Callabl
     return documents
 
 
+def local_layout(corpus: Corpus) -> str:
+    """Where ``--data-dir`` wants the official files, for messages."""
+    return (f"pass --data-dir ROOT with the official files in ROOT/{corpus.folders[0]}/: "
+            + "; ".join(f"{s}: {' or '.join(corpus.patterns[s])}" for s in SPLITS))
+
+
 def hub_source(corpus: Corpus) -> TextSource:
     """The corpus from the Hugging Face hub (or its local cache), through ``datasets``."""
+    repo, config, text_field = corpus.hf
+    offline = hub.offline_mode()
+    # without network datasets retries for about 25 s; ask once, in seconds, before it starts
+    if offline is None and (reason := hub.unreachable()) is not None:
+        raise UsageError(f"dataset {corpus.name!r}: {reason}, so {repo} ({config}) cannot be downloaded. Without "
+                         f"network, {local_layout(corpus)}. If it is already in the Hugging Face cache, set "
+                         "HF_HUB_OFFLINE=1 to read it from there")
     import datasets
 
-    repo, config, text_field = corpus.hf
     splits, looked_for = {}, {}
     for split in corpus.hf_splits:
         looked_for[split] = [f"{repo}:{config}:{HF_SPLIT[split]}"]
         try:
             ds = datasets.load_dataset(repo, config, split=HF_SPLIT[split], streaming=corpus.streaming)
         except Exception as exc:  # offline, not cached, or unreachable: say what to place where
-            raise UsageError(
-                f"dataset {corpus.name!r}: could not load {repo} ({config}) from the Hugging Face hub or its cache "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Without network, pass "
-                f"--data-dir ROOT with the official files in ROOT/{corpus.folders[0]}/: "
-                + "; ".join(f"{s}: {' or '.join(corpus.patterns[s])}" for s in SPLITS)
-            ) from None
+            what = (f"{offline} is set and {repo} ({config}) is not in the Hugging Face cache" if offline else
+                    f"could not load {repo} ({config}) from the Hugging Face hub or its cache")
+            summary = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            raise UsageError(f"dataset {corpus.name!r}: {what} ({summary}). Without network, "
+                             f"{local_layout(corpus)}") from None
         fingerprint = f"{repo}/{config}/{HF_SPLIT[split]}" if corpus.streaming else ds._fingerprint
         strip_newline = corpus.reader is read_lines
 
