@@ -41,7 +41,7 @@ from .ops import reference
 DEFAULT_SEQ_LENS = (256, 1024, 2048, 4096, 16384, 65536)
 DEFAULT_BATCH = 8
 DEFAULT_CHANNELS = 1
-DEFAULT_REPEATS = 3
+DEFAULT_REPEATS = 5
 SECONDS_PER_REPEAT = 0.1  # CPU: timed blocks per measurement; CUDA: 40 ms of do_bench per repeat
 LOOP_MAX_N = 16384  # the loops take seconds per call beyond this
 NEIGHBOUR_SEQ_LENS = (2048, 16384)  # the busy-neighbour rows, where these lengths are measured
