@@ -14,8 +14,10 @@ from typing import Any, Callable, TextIO
 
 
 def run_progress(console: Any) -> "RunProgress | PlainProgress":
-    """Bars when stderr is a terminal, plain lines otherwise."""
-    return RunProgress(console) if console.is_terminal else PlainProgress()
+    """Bars when stderr is a terminal, plain lines otherwise (``FORCE_COLOR``, which makes rich treat
+    a pipe as a terminal, does not count: bars in a log file are cut off)."""
+    isatty = getattr(console.file, "isatty", None)
+    return RunProgress(console) if console.is_terminal and isatty is not None and isatty() else PlainProgress()
 
 
 def _duration(seconds: float) -> str:
@@ -33,6 +35,7 @@ class PlainProgress:
         self.cells = self.tasks = 0
         self.done_cells = self.done_tasks = 0
         self.cell_started = self.last_step_line = 0.0
+        self.first_step: int | None = None  # the cell's first step in this process (a resumed cell starts later)
         self.cell_seconds: list[float] = []  # wall time of the cells that trained here
 
     def __enter__(self) -> "PlainProgress":
@@ -57,13 +60,16 @@ class PlainProgress:
             self._print(f"plan: {', '.join(parts)}")
         elif event == "cell_start":
             self.cell_started = self.last_step_line = self.clock()
+            self.first_step = None
             steps = f", {info['steps']} steps" if info.get("steps") else ""
             self._print(f"cell {self.done_cells + 1}/{self.cells} started: {info['name']}{steps}")
         elif event == "step":
             now = self.clock()
+            if self.first_step is None:
+                self.first_step = info["step"]
             if now - self.last_step_line >= self.interval or info["step"] == info["steps"]:
                 self.last_step_line = now
-                rate = (now - self.cell_started) / info["step"]
+                rate = (now - self.cell_started) / (info["step"] - self.first_step + 1)
                 self._print(f"  step {info['step']}/{info['steps']}: loss {info['loss']:.3f}, "
                             f"{info['tokens_per_second']:,.0f} tok/s, cell ETA "
                             f"{_duration(rate * (info['steps'] - info['step']))}")
@@ -134,10 +140,14 @@ class RunProgress:
             self.bars.advance(self.tasks)
             if not info["status"].startswith("ok"):
                 self.bars.console.print(f"{info['unit']}: task {info['task']}: {info['status']}")
-        elif event == "jobs":  # --executor ray: the whole cluster's jobs
+        elif event == "jobs":  # --executor ray: one bar for the whole cluster's jobs, tasks included
+            if self.tasks is not None:
+                self.bars.remove_task(self.tasks)
+                self.tasks = None
             if self.matrix is None:
                 self.matrix = self.bars.add_task("jobs", total=info["total"], info="")
-            self.bars.update(self.matrix, completed=info["finished"] + info["failed"],
+            self.bars.update(self.matrix, description="jobs", total=info["total"],
+                             completed=info["finished"] + info["failed"],
                              info=f"{len(info['running'])} running, {info['failed']} failed")
             for name, status in info["ended"]:
                 self.bars.console.print(f"{name}: {status}")

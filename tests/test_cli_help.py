@@ -5,6 +5,7 @@ every positional, and `mkeval --version`."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tomllib
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import mkeval
 from mkeval.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +70,11 @@ def test_version_and_top_level_help():
 def test_run_help_shows_defaults_and_every_bit_width():
     text = _subcommands()["run"].format_help().replace("\n", " ")
     text = " ".join(text.split())
-    for flag, default in (("--train-tokens", "262144"), ("--batch-size", "16"), ("--lr", "0.003"),
-                          ("--eval-interval", "25"), ("--seq-len", "128")):
-        assert flag in text and f"(default: {default})" in text
+    p = mkeval.Protocol()
+    for flag, default in (("--train-tokens", p.train_tokens), ("--batch-size", p.batch_size), ("--lr", f"{p.lr:g}"),
+                          ("--eval-interval", p.eval_interval), ("--seq-len", ",".join(map(str, p.seq_lens))),
+                          ("--seeds", ",".join(map(str, p.seeds))), ("--fewshot", ",".join(map(str, p.fewshot)))):
+        assert re.search(rf"{flag} \S+ .*?\(default: {re.escape(str(default))}\)", text), flag
     for bits in ("32 (fp32)", "16 (fp16)", "8 (int8)", "4 (int4)"):
         assert bits in text
     for lm_eval_name in ("--model", "--output_path", "--include_path", "--num_fewshot", "--limit"):

@@ -1,6 +1,5 @@
 """The headline comparisons end to end, on embedded data and on real text."""
 
-import pytest
 
 import mkeval
 from mkeval import Protocol

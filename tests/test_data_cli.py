@@ -23,6 +23,14 @@ OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFL
 
 
 @pytest.fixture(autouse=True)
+def fresh_reachability():
+    """Each test asks the (mocked) network itself: no answer remembered from another test."""
+    hub._answers.clear()
+    yield
+    hub._answers.clear()
+
+
+@pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MKEVAL_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
@@ -268,6 +276,7 @@ def test_the_check_says_whether_a_port_answers(monkeypatch):
         port = server.getsockname()[1]
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
         assert hub.unreachable(timeout=2) is None
+    hub._answers.clear()  # ask again, not the remembered answer
     reason = hub.unreachable(timeout=2)  # closed now: refused
     assert reason is not None and reason.startswith(f"cannot connect to 127.0.0.1:{port}")
 
@@ -313,3 +322,20 @@ def test_a_task_from_an_unreachable_hub_is_skipped_at_once_with_the_reason(monke
     assert config.hub is not None
     with pytest.raises(TaskSkipped, match="hub is not reachable.*--data-dir.*HF_HUB_OFFLINE=1"):
         load_task_data(config, None)
+
+
+def test_the_reachability_answer_is_remembered_for_a_while(monkeypatch):
+    """57 MMLU subjects from a silent network wait for one check, not 57."""
+    calls = []
+
+    def silent(host, port, timeout):
+        calls.append(host)
+        raise TimeoutError("no answer within 3 s")
+
+    monkeypatch.setattr(hub, "connect", silent)
+    clock = [1000.0]
+    monkeypatch.setattr(hub.time, "monotonic", lambda: clock[0])
+    first = hub.unreachable()
+    assert first is not None and hub.unreachable() == first and len(calls) == 1
+    clock[0] += hub.REMEMBER_SECONDS + 1
+    assert hub.unreachable() == first and len(calls) == 2

@@ -1,7 +1,6 @@
 """The effective-context probe against models whose dependence on the past is known by construction."""
 
 import torch
-from torch import nn
 
 from mkeval.engine.batching import make_windows
 from mkeval.engine.probes import effective_context, probe_distances

@@ -32,15 +32,21 @@ def test_plain_progress_rate_limits_step_lines_and_computes_etas_by_hand():
     p("cell_end", name="a", status="ok")
     p("cell_start", name="b", steps=10)
     p("cell_end", name="b", status="resumed")
+    p("cell_start", name="c", steps=100)  # continued from a training state at step 60: 2 s per step here
+    for step in range(61, 101):
+        clock.now += 2.0
+        p("step", step=step, steps=100, loss=1.0, tokens_per_second=500.0)
     lines = [re.sub(r"^\[\d\d:\d\d:\d\d\] ", "", line) for line in stream.getvalue().splitlines()]
     steps = [line for line in lines if line.startswith("  step") and "loss" in line]
     # lines at 30 s, 60 s, 90 s after the cell start, and the last step; none in between
-    assert [int(re.search(r"step (\d+)/", s).group(1)) for s in steps] == [30, 60, 90, 100]
+    assert [int(re.search(r"step (\d+)/", s).group(1)) for s in steps] == [30, 60, 90, 100, 75, 90, 100]
     assert steps[0] == "  step 30/100: loss 2.500, 1,000 tok/s, cell ETA 0:01:10"  # 70 steps at 1 s each
     assert "  step 50/100: validation perplexity 12.250" in lines
     # cell a took 100 s; one cell left at that mean
     assert "cell 1/2 ok: a in 0:01:40; matrix ETA 0:01:40" in lines
     assert "cell 2/2 resumed: b" in lines
+    # the ETA of the continued cell comes from the steps run here: 30 s after its start is step 75
+    assert "  step 75/100: loss 1.000, 500 tok/s, cell ETA 0:00:50" in lines
     assert lines[0] == "plan: 2 cell(s)"
 
 

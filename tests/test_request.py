@@ -57,8 +57,13 @@ def test_every_option_is_a_flag_a_config_key_and_a_keyword(tmp_path):
         flag = f.metadata["flag"]
         if flag is not None:
             assert flag in helptext, flag
-            assert f"(default: {f.metadata['default_text']}" in helptext.replace("\n", " ").replace("  ", " ") \
-                or f.metadata["default_text"] is None, flag
+            shown = f.metadata["default_text"]
+            if shown is None:  # a protocol field: its value in Protocol(), as mkeval.run would use it
+                value = getattr(Protocol(), f.metadata["protocol"])
+                shown = ",".join(map(str, value)) if isinstance(value, tuple) else \
+                    f"{value:g}" if isinstance(value, float) else ("on" if value else "off") \
+                    if isinstance(value, bool) else str(value)
+            assert f"(default: {shown})" in " ".join(helptext.split()), flag
     # and mkeval.run takes each one by the field's name (an unknown one is an error naming it)
     result = mkeval.run(models="transformer", datasets="markov", seq_lens=[32, 64], seeds="0,1", dry_run=True,
                         output_dir=tmp_path)

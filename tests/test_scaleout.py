@@ -23,9 +23,9 @@ seq_lens: [16]
 train_tokens: 384
 eval_interval: 3
 warmup_steps: 1
-eval_tokens: 256
-test_tokens: 256
-"""
+eval_tokens: 144
+test_tokens: 144
+"""  # 9 validation and test windows: they do not split evenly over 2 torchrun ranks (5 + 4)
 MATRIX = ["--models", "bk,mamba", "--datasets", "markov", "--precisions", "fp32,int8", "--device", "cpu"]
 # what changes from one run to the next without changing a number: clocks, memory, the run's record
 VOLATILE = {"training_time", "tokens_per_second", "peak_memory_mb", "created", "config", "git_revision"}
@@ -253,3 +253,14 @@ def test_torchrun_two_gloo_processes_match_one(config, tmp_path):
         aux = b["config"]["training"]["data_parallel"]["auxiliary_loss"]
         assert aux == ("global batch" if model == "bk" else None)
     assert sorted(p.name for p in two.glob("*.json")) == sorted(p.name for p in one.glob("*.json"))
+
+
+def test_world_size_without_the_rest_of_torchruns_variables_is_bad_input(monkeypatch, config, tmp_path, capsys):
+    """A leftover WORLD_SIZE (another launcher) must not end in a traceback from init_process_group."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["run", *MATRIX, "--config", str(config), "--output-dir", str(tmp_path / "o")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "WORLD_SIZE=2" in err and "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -10,13 +10,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import mkeval
 from mkeval import DataRequest, UsageError
-from mkeval.data.text import build_lm_data, tokenize_split
 from mkeval.data.tokenizers import make_tokenizer, fit_state
 
 from conftest import shared_data_or_skip

@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import urllib.request
 from urllib.parse import urlsplit
 
 CHECK_TIMEOUT = 3.0  # seconds
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # what ``datasets`` obeys (not TRANSFORMERS_OFFLINE)
+REMEMBER_SECONDS = 60.0  # an answer is reused this long: 57 MMLU subjects do not each wait for a silent network
+_answers: dict[tuple[str, int], tuple[float, str | None]] = {}
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -75,9 +78,14 @@ def unreachable(timeout: float = CHECK_TIMEOUT) -> str | None:
     """Why the hub cannot be reached now (``"cannot connect to huggingface.co:443 (...)"``), or None."""
     url = endpoint()
     host, port = first_hop(url)
+    known = _answers.get((host, port))
+    if known is not None and time.monotonic() - known[0] < REMEMBER_SECONDS:
+        return known[1]
+    reason = None
     try:
         connect(host, port, timeout)
     except OSError as exc:
         via = "" if host == urlsplit(url).hostname else f" (the proxy for {url})"
-        return f"cannot connect to {host}:{port}{via} ({exc.strerror or exc})"
-    return None
+        reason = f"cannot connect to {host}:{port}{via} ({exc.strerror or exc})"
+    _answers[(host, port)] = (time.monotonic(), reason)
+    return reason

@@ -101,6 +101,11 @@ def join(device: torch.device) -> World:
     if not launched():
         return SINGLE
     if not dist.is_initialized():
+        missing = [v for v in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} says this is one of several processes, but "
+                             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; start the run "
+                             "with torchrun (docs/distributed.md), or unset WORLD_SIZE for one process")
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)

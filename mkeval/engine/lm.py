@@ -138,12 +138,7 @@ def run_cell(
     checkpoint_dir = output_dir / "checkpoints" / plan.name
     state_path = checkpoint_dir / STATE_FILE
     if world.main:
-        write_checkpoint(checkpoint_dir, model, name=cell.model, vocab_size=data.vocab_size, max_seq_len=cell.seq_len,
-                         size=plan.model_size, options=options, tokenizer=data.tokenizer, registry=registry,
-                         weights=False, identity={"name": plan.name, "cell_hash": plan.cell_hash,
-                                                  "protocol_hash": protocol.hash, "dataset": cell.dataset,
-                                                  "seq_len": cell.seq_len, "seed": cell.seed, "precision": precision.name,
-                                                  "model": cell.model, "model_size": plan.model_size})
+        _write_checkpoint_metadata(checkpoint_dir, model, plan, data, options, registry, protocol, precision.name)
     with PeakMemory(device) as memory:
         outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
                         checkpoint_dir / WEIGHTS_FILE, progress, state_path=state_path,
@@ -185,6 +180,18 @@ def run_cell(
         effective_context=effective_context(model, test, precision, device, seed=cell.seed),
         marks=cell_marks(data, plan.split_map, sizing, flops), vocabulary=vocabulary(data),
         flop_coverage=flop_coverage(flops))
+
+
+def _write_checkpoint_metadata(checkpoint_dir: Path, model: torch.nn.Module, plan: CellPlan, data: LMData,
+                               options: dict[str, Any], registry: Registry, protocol: Protocol, precision: str) -> None:
+    """The checkpoint directory's files other than the weights (written before training: self-contained)."""
+    cell = plan.cell
+    write_checkpoint(checkpoint_dir, model, name=cell.model, vocab_size=data.vocab_size, max_seq_len=cell.seq_len,
+                     size=plan.model_size, options=options, tokenizer=data.tokenizer, registry=registry,
+                     weights=False, identity={"name": plan.name, "cell_hash": plan.cell_hash,
+                                              "protocol_hash": protocol.hash, "dataset": cell.dataset,
+                                              "seq_len": cell.seq_len, "seed": cell.seed, "precision": precision,
+                                              "model": cell.model, "model_size": plan.model_size})
 
 
 def build_for(plan: CellPlan, vocab_size: int, registry: Registry, device: torch.device,

@@ -318,7 +318,14 @@ def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision:
               checkpoint: Path, world: World = SINGLE) -> LMEval:
     """A validation point: the interval's mean training loss, the validation evaluation, and the
     checkpoint kept (by rank 0) when it is the best so far."""
-    result = evaluate_lm(model, windows, protocol.batch_size, precision, device, world)
+    hook = world.parallel and callable(getattr(model, "set_data_parallel", None))
+    if hook:  # each rank scores its own windows, maybe one batch more than another: no collective inside
+        model.set_data_parallel(False)
+    try:
+        result = evaluate_lm(model, windows, protocol.batch_size, precision, device, world)
+    finally:
+        if hook:
+            model.set_data_parallel(True)
     count = loop["interval_count"]
     outcome.interval_losses.append(loop["interval_sum"] / count if count else math.nan)
     loop["interval_sum"], loop["interval_count"] = 0.0, 0

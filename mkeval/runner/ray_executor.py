@@ -27,7 +27,7 @@ from ..errors import UsageError
 from ..results import CellStatus
 from ..threads import choose_threads
 from .executor import RunContext, _one, record_failure, resumable, write_run_summary
-from .plan import Job, Plan
+from .plan import Job, Plan, TaskUnit
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -139,7 +139,10 @@ def execute_ray(plan: Plan, ctx: RunContext, jobs: list[Job], unreadable: dict[P
             else:
                 start_local(ray, _local_cpus())
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UsageError(f"--ray-address {ray_settings.address}: cannot join the Ray cluster ({exc})") from exc
+            if ray_settings.address:
+                raise UsageError(f"--ray-address {ray_settings.address}: cannot join the Ray cluster ({exc})") from exc
+            raise UsageError(f"--executor ray: cannot start a local Ray instance ({exc}); if RAY_ADDRESS is set, "
+                             "pass that cluster as --ray-address instead") from exc
     try:
         check_resources(ray, ray_settings)
         return _submit_and_wait(ray, plan, ctx, jobs, unreadable, ray_settings, readers)
@@ -190,6 +193,9 @@ def _submit_and_wait(ray: Any, plan: Plan, ctx: RunContext, jobs: list[Job], unr
     setup_ref, jobs_ref = ray.put(setup), ray.put(ctx.jobs)
     statuses: dict[str, CellStatus] = {}
     refs: dict[str, Any] = {}
+    if ctx.progress:
+        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)],
+                     tasks=[j.name for j in jobs if isinstance(j, TaskUnit)])
     for index, job in enumerate(jobs):
         if ctx.resume and resumable(job, ctx):  # as the local executor: nothing to submit
             statuses[job.name] = _one(job, index, ctx, {}, {})

@@ -48,26 +48,26 @@ class RunRequest:
                                     "8 (int8), 4 (int4)", "ints", "none")
     evaluate_at: list[str] | None = option("--evaluate-at", "float precisions at which to evaluate the first "
                                            "training precision's checkpoint without retraining", "names", "none")
-    seq_lens: list[int] | None = option("--seq-len", "comma-separated sequence lengths", "ints", "128",
+    seq_lens: list[int] | None = option("--seq-len", "comma-separated sequence lengths", "ints", None,
                                         protocol="seq_lens")
-    seeds: list[int] | None = option("--seeds", "comma-separated training seeds", "ints", "0", protocol="seeds")
-    fewshot: list[int] | None = option("--fewshot", "shot counts for prompt-scored tasks", "ints", "0,5",
+    seeds: list[int] | None = option("--seeds", "comma-separated training seeds", "ints", None, protocol="seeds")
+    fewshot: list[int] | None = option("--fewshot", "shot counts for prompt-scored tasks", "ints", None,
                                        protocol="fewshot", aliases=("--num_fewshot",))
-    train_tokens: int | None = option("--train-tokens", "training budget in tokens", "int", "262144",
+    train_tokens: int | None = option("--train-tokens", "training budget in tokens", "int", None,
                                       protocol="train_tokens")
-    batch_size: int | None = option("--batch-size", "sequences per optimiser step", "int", "16",
+    batch_size: int | None = option("--batch-size", "sequences per optimiser step", "int", None,
                                     protocol="batch_size")
-    lr: float | None = option("--lr", "peak learning rate", "float", "0.003", protocol="lr")
-    eval_interval: int | None = option("--eval-interval", "optimiser steps between validations", "int", "25",
+    lr: float | None = option("--lr", "peak learning rate", "float", None, protocol="lr")
+    eval_interval: int | None = option("--eval-interval", "optimiser steps between validations", "int", None,
                                        protocol="eval_interval")
     model_size: str | None = option("--model-size", "size preset for every model (tiny, small, base)", "str",
                                     "each model's default", protocol="model_size")
     tokenizer: str | None = option("--tokenizer", "word, byte, bpe[:VOCAB], or a local Hugging Face tokenizer "
-                                   "folder", "str", "word", protocol="tokenizer")
+                                   "folder", "str", None, protocol="tokenizer")
     eval_stride: int | None = option("--eval-stride", "sliding-window evaluation stride in tokens", "int",
                                      "seq_len: non-overlapping", protocol="eval_stride")
     grad_checkpointing: bool | None = option("--grad-checkpointing", "recompute activations in the backward pass "
-                                             "(long sequences; the model must support it)", "bool", "off",
+                                             "(long sequences; the model must support it)", "bool", None,
                                              protocol="grad_checkpointing")
     match_params: str | None = option("--match-params", "size every model to REF's non-embedding parameter count "
                                       "(within 3%%), or none", "str", "the first model")
@@ -310,13 +310,29 @@ def add_arguments(parser: Any, exclude: Sequence[str] = ()) -> None:
         flag = f.metadata["flag"]
         if flag is None or f.name in exclude:
             continue
-        help_text = f"{f.metadata['help']} (default: {f.metadata['default_text']})"
+        help_text = f"{f.metadata['help']} (default: {_default_text(f)})"
         names = [flag, *f.metadata["aliases"]]
         if f.metadata["kind"] == "bool":
             parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
         else:
             metavar = {"names": "A,B", "ints": "N,M", "int": "N", "float": "X", "path": "DIR"}.get(f.metadata["kind"])
             parser.add_argument(*names, dest=f.name, metavar=metavar or "VALUE", help=help_text)
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    """What ``--help`` shows as a default: the field's stated text, else its protocol field's value in
+    ``Protocol()`` itself (so the help cannot drift from the code)."""
+    target = f.metadata["protocol"]
+    if f.metadata["default_text"] is not None or not target:  # a stated text says more (eval_stride 0: seq_len)
+        return f.metadata["default_text"]
+    value = getattr(Protocol(), target)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def parse_option(name: str, value: Any, where: str | None = None) -> Any:

@@ -167,7 +167,8 @@ class MoEFeedForward(nn.Module):
         # Switch Transformer balance loss: n_experts * sum_e (share of assignments) * (mean probability)
         share = F.one_hot(top_i, e).sum(-2).float().mean((0, 1)) / self.top_k
         mean_probs = probs.mean((0, 1))
-        if self.data_parallel:  # the statistics of the global batch, not of this rank's block of it
+        if self.data_parallel and self.training and torch.is_grad_enabled():  # training: the statistics of the
+            # global batch, not of this rank's block of it (evaluation runs no collective: ranks may score unequal batches)
             share, mean_probs = _mean_over_ranks(share), _mean_over_ranks(mean_probs)
         self.aux_loss = self.aux_loss_weight * e * (share * mean_probs).sum()
         return torch.einsum("bne,bned->bnd", gates.to(out.dtype), out)

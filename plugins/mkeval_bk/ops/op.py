@@ -220,7 +220,6 @@ def _forward(diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor, causal: bool
 def _backward(
     grad: Tensor, out: Tensor, diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor, causal: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    n = diag.shape[-1]
     a, b, zr, zi = _flat(diag, off, z_re, z_im)
     backend = _backend(diag.device)
     cdtype = _complex_of(diag.dtype)
