@@ -4,6 +4,7 @@ the result files (numpy, scipy), every mark drawn where its number is, and a hea
 that loads every plot offline."""
 
 import base64
+import csv
 import html
 import json
 import math
@@ -394,6 +395,73 @@ def test_downstream_plots_show_degenerate_modes_as_text_and_the_seed_interval(fu
         path.write_text(json.dumps(data))
     [ax] = by_name(draw_all(build_report(directory)))["downstream_toy"].figure.axes
     assert "◊" in [t.get_text() for t in ax.texts]
+
+
+@pytest.mark.slow
+def test_downstream_csv_lists_every_mode_of_every_task_with_seed_means(full_run):
+    """report_downstream.csv holds each task's fine-tuned and k-shot rows, for every model, with the
+    mean over seeds of the task files' numbers."""
+    rows = list(csv.DictReader((full_run / "report_downstream.csv").open()))
+    for group in ("transformer", "bk"):
+        modes = {(r["task"], r["mode"]) for r in rows if r["model"] == group}
+        for task in ("toyyes", "toyunk"):
+            assert {(task, "fine-tuned"), (task, "0-shot"), (task, "1-shot")} <= modes, (group, task)
+        for task in ("mmlu_toy_algebra", "mmlu_toy_history"):  # finetune: false
+            assert {(task, "0-shot"), (task, "1-shot")} <= modes and (task, "fine-tuned") not in modes
+        files = [json.loads((full_run / "downstream" / f"{group}_seed{s}" / "toyyes.json").read_text())
+                 for s in (0, 1)]
+        [fine] = [r for r in rows if (r["model"], r["task"], r["mode"], r["metric"]) ==
+                  (group, "toyyes", "fine-tuned", "accuracy")]
+        assert fine["n"] == "2" and math.isclose(float(fine["mean"]),
+                                                 np.mean([f["finetune"]["metrics"]["accuracy"] for f in files]))
+        [shot] = [r for r in rows if (r["model"], r["task"], r["mode"]) == (group, "toyunk", "0-shot")]
+        assert shot["status"] == "degenerate" and shot["mean"] == ""
+
+
+@pytest.mark.slow
+def test_terminal_tables_fit_120_columns_and_name_their_memory(full_run, capsys):
+    assert main(["report", str(full_run)]) == 0
+    printed = capsys.readouterr().out
+    assert printed and max(len(line) for line in printed.splitlines()) <= 120
+    assert "peak RSS MiB" in printed and "weights MiB" in printed  # process memory vs the weights, named
+    for path in full_run.glob("*_bits32_seed*.json"):  # numbers whole on one line, never folded ("100,02" / "5")
+        assert f"{json.loads(path.read_text())['non_embedding_params']:,}" in printed
+    # cost columns too are mean ± sample std over the two seeds
+    for model in ("transformer", "bk"):
+        cells = [json.loads((full_run / f"{model}_markov_seq16_bits32_seed{s}.json").read_text()) for s in (0, 1)]
+        for field, text in (("tokens_per_second", "{:,.0f}"), ("training_time", "{:.1f}")):
+            values = [c[field] for c in cells]
+            mean, std = np.mean(values), np.std(values, ddof=1)
+            assert f"{text.format(mean)} ± {text.format(std)}" in printed, (model, field)
+
+
+def test_a_wide_table_is_split_into_parts_that_repeat_the_key_columns():
+    from mkeval.report.terminal import split_columns
+
+    headers = ["model", "dataset", "a", "b", "c"]
+    rows = [["bk", "ptb", "1" * 20, "2" * 30, "3" * 10]]
+    # natural widths: model 8, dataset 10, a 23, b 33, c 13 (text + 3), one less in all
+    assert split_columns(headers, rows, 86) == [(headers, rows)]  # 87 - 1 = 86 fits
+    parts = split_columns(headers, rows, 60)  # keys 18: a + b = 74 > 60; b + c = 64 > 60
+    assert [h for h, _ in parts] == [["model", "dataset", "a"], ["model", "dataset", "b"], ["model", "dataset", "c"]]
+    assert parts[1][1] == [["bk", "ptb", "2" * 30]]
+    assert [h for h, _ in split_columns(headers, rows, 70)] == [["model", "dataset", "a"], ["model", "dataset", "b", "c"]]
+
+
+@pytest.mark.slow
+def test_baseline_puts_its_model_first_and_compares_the_others_with_it(full_run, tmp_path, capsys):
+    directory = tmp_path / "copy"
+    shutil.copytree(full_run, directory)
+    for baseline, other in (("bk", "transformer"), ("transformer", "bk")):
+        assert main(["report", str(directory), "--baseline", baseline]) == 0
+        capsys.readouterr()
+        rows = list(csv.DictReader((directory / "report_downstream.csv").open()))
+        first = [r["model"] for r in rows if (r["task"], r["mode"]) == ("toyyes", "fine-tuned")]
+        assert first[0] == baseline and other in first
+        md = (directory / "report.md").read_text()
+        assert md.index(f"| {baseline} ") < md.index(f"| {other} ")
+    assert main(["report", str(directory), "--baseline", "nosuchmodel"]) == 2
+    assert "--baseline: no model 'nosuchmodel'" in capsys.readouterr().err
 
 
 def browser() -> str | None:

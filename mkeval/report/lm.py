@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,9 +38,13 @@ def _trained(s: LMSummary) -> bool:
     return _first(s).precision_role == "trained"
 
 
-def _mean(s: LMSummary, name: str) -> float | None:
+def _spread(s: LMSummary, name: str, text: Callable[[float], str]) -> str:
+    """The mean over seeds, with the sample std when there are two or more (as every table shows them)."""
     values = [getattr(r, name) for r in s.cells if getattr(r, name) is not None]
-    return sum(values) / len(values) if values else None
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    return text(mean) if len(values) < 2 else f"{text(mean)} ± {text(statistics.stdev(values))}"
 
 
 def _count(value: Any) -> str:
@@ -106,10 +111,10 @@ COST = [
     Column("active", _active),
     Column("state", _state),
     Column("weights MiB", lambda s: _num(_first(s).model_size_mb, 2)),
-    Column("peak MiB", lambda s: _num(_mean(s, "peak_memory_mb"), 0)),
+    Column("peak MiB", lambda s: _spread(s, "peak_memory_mb", lambda v: _num(v, 0))),
     # an evaluation-only row did not train: its training numbers are its training cell's
-    Column("tok/s", lambda s: _count(_mean(s, "tokens_per_second")) if _trained(s) else ""),
-    Column("train s", lambda s: _num(_mean(s, "training_time"), 1) if _trained(s) else ""),
+    Column("tok/s", lambda s: _spread(s, "tokens_per_second", _count) if _trained(s) else ""),
+    Column("train s", lambda s: _spread(s, "training_time", lambda v: _num(v, 1)) if _trained(s) else ""),
     Column("GFLOP/step", _gflops),
 ]
 """Size and cost; params are non-embedding (active: acting on one token); state: floats carried between tokens."""
