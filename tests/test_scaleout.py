@@ -264,3 +264,41 @@ def test_world_size_without_the_rest_of_torchruns_variables_is_bad_input(monkeyp
     err = " ".join(capsys.readouterr().err.split())
     assert "WORLD_SIZE=2" in err and "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def _on_main_rank(rank: int, port: int, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from mkeval.engine.distributed import World
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world = World(rank, 2, "gloo")
+
+    def write() -> None:
+        raise OSError(28, "No space left on device")
+
+    outcome = "went on"
+    try:
+        world.on_main(write, torch.device("cpu"), "saving the best checkpoint")
+    except Exception as exc:  # noqa: BLE001
+        outcome = f"{type(exc).__name__}: {exc}"
+    world.on_main(lambda: None, torch.device("cpu"), "a write that works")  # still in step afterwards
+    Path(out, f"rank{rank}").write_text(outcome)
+    dist.destroy_process_group()
+
+
+def test_a_write_that_fails_on_rank_0_fails_the_cell_on_every_rank(tmp_path):
+    """Rank 0 alone writes files; if that fails, every rank must leave the cell (no rank left waiting
+    in collectives the others abandoned)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_on_main_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "rank0").read_text() == "OSError: [Errno 28] No space left on device"
+    assert (tmp_path / "rank1").read_text() == ("CellFailed: saving the best checkpoint failed on rank 0 (its "
+                                                "traceback file has the error)")

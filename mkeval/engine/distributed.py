@@ -16,11 +16,12 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 
-from ..errors import UsageError
+from ..errors import CellFailed, UsageError
 
 # how long a rank waits in a collective for the others (rank 0 may be running a downstream task meanwhile)
 TIMEOUT = datetime.timedelta(hours=6)
@@ -66,6 +67,20 @@ class World:
         tensor = torch.tensor([1.0 if flag else 0.0], device=device if self.backend == "nccl" else "cpu")
         dist.broadcast(tensor, 0)
         return bool(tensor.item())
+
+    def on_main(self, work: Callable[[], Any], device: torch.device, what: str) -> None:
+        """``work()`` on rank 0 alone (a file write), then every rank learns whether it succeeded: a
+        failure fails the cell on every rank, so no rank goes on into collectives the others left."""
+        error: Exception | None = None
+        if self.main:
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                error = exc
+        if not self.agree(error is None, device):
+            if error is not None:
+                raise error
+            raise CellFailed(f"{what} failed on rank 0 (its traceback file has the error)")
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Rank 0's parameters and buffers, copied into every rank's ``module``."""

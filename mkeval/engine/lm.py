@@ -137,8 +137,8 @@ def run_cell(
     torch.manual_seed(cell.seed)  # the FLOP probe must not change what training sees
     checkpoint_dir = output_dir / "checkpoints" / plan.name
     state_path = checkpoint_dir / STATE_FILE
-    if world.main:
-        _write_checkpoint_metadata(checkpoint_dir, model, plan, data, options, registry, protocol, precision.name)
+    world.on_main(lambda: _write_checkpoint_metadata(checkpoint_dir, model, plan, data, options, registry, protocol,
+                                                     precision.name), device, "writing the checkpoint directory")
     with PeakMemory(device) as memory:
         outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
                         checkpoint_dir / WEIGHTS_FILE, progress, state_path=state_path,

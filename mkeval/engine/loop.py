@@ -256,12 +256,16 @@ def train(
                 if progress is not None:
                     progress("eval", step=step + 1, steps=steps, perplexity=result.perplexity)
             interval = protocol.checkpoint_interval
-            if state_path is not None and world.main and interval and (step + 1) % interval == 0 and step + 1 < steps:
+            if state_path is not None and interval and (step + 1) % interval == 0 and step + 1 < steps:
                 outcome.train_seconds, outcome.wall_seconds = step_timer.seconds, wall_timer.elapsed()
-                state = _state_dict(model, optimizer, stepper.scaler, outcome, step + 1,
-                                    {**loop, "consecutive_bad": stepper.consecutive_bad}, identity)
-                atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-                if progress is not None:
+
+                def save_state(done: int = step + 1) -> None:  # rank 0 writes; every rank learns if it worked
+                    state = _state_dict(model, optimizer, stepper.scaler, outcome, done,
+                                        {**loop, "consecutive_bad": stepper.consecutive_bad}, identity)
+                    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+
+                world.on_main(save_state, device, "saving the training state")
+                if progress is not None and world.main:
                     progress("saved_state", step=step + 1, steps=steps)
     outcome.train_seconds = step_timer.seconds
     outcome.wall_seconds = wall_timer.seconds
@@ -334,8 +338,7 @@ def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision:
     if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
         loop["best_loss"] = result.loss
         outcome.best_step = step
-        if world.main:
-            save_checkpoint(model, checkpoint)
+        world.on_main(lambda: save_checkpoint(model, checkpoint), device, "saving the best checkpoint")
     return result
 
 
