@@ -93,6 +93,11 @@ def test_limit_is_for_tasks_and_limit_windows_for_language_modelling(tmp_path, c
     err = capsys.readouterr().err
     assert "--limit 4" in err and "no --tasks" in err and "--limit-windows 4" in err
     assert not out.exists()
+    config = tmp_path / "run.yaml"
+    config.write_text("models: transformer\ndatasets: induction\nlimit: 4\n")
+    assert main(["run", "--config", str(config), "--output-dir", str(out)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{config}:3: limit: 4" in err and "use limit_windows: 4" in err and not out.exists()
 
 
 def test_report_on_an_empty_dir_exits_2(tmp_path):

@@ -139,9 +139,10 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
     elif request.include_path is not None:
         raise UsageError("--include-path: given without --tasks")
     if request.limit is not None and not request.tasks:
-        raise UsageError(f"--limit {request.limit}: limits the examples of downstream tasks, and this run has no "
-                         f"--tasks; to evaluate fewer windows of a language-modelling cell use --limit-windows "
-                         f"{request.limit}")
+        at, n = where.get("limit"), request.limit  # from a config file: its file:line and key names
+        raise UsageError(f"{f'{at}: limit: {n}' if at else f'--limit {n}'}: limits the examples of downstream "
+                         f"tasks, and this run has no --tasks; to evaluate fewer windows of a language-modelling "
+                         f"cell use {f'limit_windows: {n}' if at else f'--limit-windows {n}'}")
     options = request.get("model_options", {})
     check_models(registry, protocol, models, options, where)
     device = resolve_device(request.device)
