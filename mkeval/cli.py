@@ -53,11 +53,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .registry.manager import get_registry
 
     registry = get_registry()
+    kinds = {k: v for k, v in registry.entries.items() if args.kind is None or f"{k}s" == args.kind}
     if args.json:
         data: dict[str, Any] = {
             kind: [{"name": e.spec.name, "plugin": e.plugin, "distribution": e.distribution,
                     "description": e.spec.description} for e in sorted(entries.values(), key=lambda e: e.spec.name)]
-            for kind, entries in registry.entries.items()
+            for kind, entries in kinds.items()
         }
         data["clashes"] = [{"kind": k, "name": n, "distributions": [e.distribution for e in es]}
                            for (k, n), es in registry.clashes.items()]
@@ -65,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                                for e in registry.load_errors]
         out.print_json(json.dumps(data))
         return 0
-    for kind, entries in registry.entries.items():
+    for kind, entries in kinds.items():
         table = Table(title=f"{kind}s", title_justify="left")
         for col in ("name", "distribution", "plugin", "description"):
             table.add_column(col)

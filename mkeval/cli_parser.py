@@ -37,6 +37,9 @@ examples:
 Run `mkeval COMMAND --help` for a command's options; docs/ has the manual."""
 
 
+LIST_KINDS = ("models", "datasets", "precisions", "tasks", "benchmarks", "readers", "groups")
+
+
 def _command(sub: Any, name: str, summary: str, examples: Sequence[str], more: str = "") -> argparse.ArgumentParser:
     """A subcommand with a one-line summary (in ``mkeval --help``) and examples (in its own --help)."""
     text = "examples:\n" + "\n".join(f"  {e}" for e in examples)
@@ -61,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_parsers(sub: Any) -> None:
     """``list``, ``run`` and ``report``."""
     p = _command(sub, "list", "show every registered plugin by kind, with its distribution and load errors",
-                 ["mkeval list", "mkeval list --json"])
+                 ["mkeval list", "mkeval list models", "mkeval list tasks --json"])
+    p.add_argument("kind", nargs="?", choices=LIST_KINDS, metavar="KIND",
+                   help=f"only this kind: {', '.join(LIST_KINDS)} (default: every kind)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables (default: off)")
 
     p = _command(sub, "run", "train and evaluate the matrix models x datasets x seq lens x precisions x seeds",

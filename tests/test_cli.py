@@ -50,6 +50,12 @@ def test_check_with_a_degenerate_shape_exits_2():
     assert proc.returncode == 2 and "seq_len >= 2" in proc.stderr
 
 
+def test_check_names_a_misspelt_model_as_its_positional(capsys):
+    assert main(["check", "transfomer"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown model 'transfomer' (in mkeval check MODEL); did you mean 'transformer'?" in err
+
+
 def test_malformed_config_exits_2_naming_the_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("lr: 0.01\nbatch_size: [1,\n")
@@ -81,6 +87,7 @@ def test_run_then_report(tmp_path, capsys):
     assert "transformer" in printed and "induction" in printed
     md = (out / "report.md").read_text()
     assert f"{data['test_perplexity']:.3f}" in md
+    assert "quick run: validation and test perplexities from at most 4 windows per split (--limit-windows)" in md
     csv_lines = (out / "report.csv").read_text().splitlines()
     assert len(csv_lines) == 2 and csv_lines[0].startswith("model_name,dataset")
 
@@ -102,3 +109,21 @@ def test_limit_is_for_tasks_and_limit_windows_for_language_modelling(tmp_path, c
 
 def test_report_on_an_empty_dir_exits_2(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_a_bad_tokenizer_is_bad_input_even_in_a_dry_run(tmp_path, capsys):
+    for spec, message in (("wrod", "--tokenizer 'wrod': not one of word, byte, bpe[:VOCAB]"),
+                          ("bpe:2", "--tokenizer 'bpe:2': the vocabulary size after ':' must be an integer >= 3")):
+        assert main(["run", "--models", "transformer", "--tokenizer", spec, "--dry-run",
+                     "--output-dir", str(tmp_path / "o")]) == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_list_one_kind(capsys):
+    from mkeval import get_registry
+
+    assert main(["list", "models", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [e["name"] for e in data["model"]] == sorted(get_registry().names("model"))
+    assert "task" not in data and "dataset" not in data

@@ -84,7 +84,7 @@ def test_run_help_shows_defaults_and_every_bit_width():
 def test_lm_eval_spellings_mean_the_same_options():
     sub = _subcommands()["run"]
     ours = sub.parse_args(["--models", "bk", "--output-dir", "o", "--include-path", "t", "--fewshot", "0,5",
-                           "--limit", "8"])
+                           "--limit", "8", "--batch-size", "4"])
     theirs = sub.parse_args(["--model", "bk", "--output_path", "o", "--include_path", "t", "--num_fewshot", "0,5",
-                             "--limit", "8"])
+                             "--limit", "8", "--batch_size", "4"])
     assert vars(ours) == vars(theirs) and ours.models == "bk" and ours.output_dir == "o"

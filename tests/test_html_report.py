@@ -493,3 +493,21 @@ def test_a_headless_browser_loads_every_plot_offline(full_run, tmp_path):
         with Image.open(full_run / "plots" / f"{figure.removeprefix('plot-')}.png") as im:
             assert complete and (width, height) == im.size, figure
     print(f"chromium rendered report.html in {seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_downstream_notes_say_what_a_reader_needs(full_run, tmp_path):
+    """Units fine-tuned from scratch are named as such (their k-shot scores are an untrained model's),
+    and a mode skipped inside a task that ran says why."""
+    from mkeval.report.core import build_report
+
+    directory = tmp_path / "copy"
+    shutil.copytree(full_run, directory)
+    path = directory / "downstream" / "bk_seed0" / "toyyes.json"
+    data = json.loads(path.read_text())
+    data["finetune"] = {"status": "skipped", "reason": "no train split (absent: toy/train.jsonl)"}
+    path.write_text(json.dumps(data))
+    notes = build_report(directory).downstream.notes
+    for group in ("transformer", "bk"):
+        assert any(n.startswith(f"{group}: not pretrained (no --datasets)") for n in notes)
+    assert "toyyes fine-tuned: skipped, no train split (absent: toy/train.jsonl)" in notes

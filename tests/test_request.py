@@ -28,12 +28,25 @@ def test_yaml_config(tmp_path):
     ("models: [1, 2]\n", r"c\.yaml:1: must be a comma-separated string or a list of names"),
     ("limit: 0\n", r"c\.yaml:1: must be a positive integer"),
     ("skip_bad_rows: yes please\n", r"c\.yaml:1: must be true or false"),
+    ("lr: 0.001\nseq_lenz: 64\n", r"c\.yaml:2: unknown config key 'seq_lenz'; did you mean 'seq_len', 'seq_lens'"),
+    ("seq_len: 64\nseq_lens: [32]\n", r"c\.yaml:1: 'seq_len' and 'seq_lens' are the same option; give it once"),
+    ("lr: fast\n", r"c\.yaml:1: lr must be a float, got 'fast'"),
 ])
 def test_config_errors_name_file_and_line(tmp_path, text, match):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
     with pytest.raises(UsageError, match=match):
         read_config(cfg)
+
+
+def test_config_keys_may_be_spelled_as_the_flags_and_as_lm_eval(tmp_path):
+    """seq_len (--seq-len), model (--model), num_fewshot and output_path (lm-eval) read as the options;
+    lr: 1e-3, which YAML 1.1 reads as a string, is the number."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seq_len: 64\nmodel: bk\nnum_fewshot: [0]\noutput_path: o\nlr: 1e-3\n")
+    request, protocol_values, where = read_config(cfg)
+    assert protocol_values == {"seq_lens": (64,), "fewshot": (0,), "lr": 0.001}
+    assert request.models == ["bk"] and request.output_dir == "o" and where["seq_lens"] == f"{cfg}:1"
 
 
 def test_one_precedence_rule(tmp_path):

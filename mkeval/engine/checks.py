@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import CellFailed, UsageError
 from .models import build_model
-from ..registry.manager import Registry
+from ..registry.manager import Registry, get_registry
 
 
 @dataclass
@@ -101,6 +101,7 @@ def check_model(
 
     if vocab_size < 2 or seq_len < 2 or batch_size < 1:
         raise UsageError(f"check: needs vocab_size >= 2 and seq_len >= 2 (got {vocab_size}, {seq_len})")
+    (registry or get_registry()).get("model", name, option="mkeval check MODEL")  # a misspelt name, said as such
 
     def make(seed: int = 0) -> torch.nn.Module:
         return build_model(name, vocab_size, seq_len, size=size, seed=seed, registry=registry, **options)

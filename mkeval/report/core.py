@@ -68,6 +68,10 @@ class Report:
         for dataset, tokenizer, fitted, unk in sorted(vocab, key=str):
             rate = "" if unk is None else f", test <unk> rate {100 * unk:.1f}%"
             out.append(f"{dataset}: tokenizer {tokenizer} fitted on the {fitted or '(fixed vocabulary)'} split{rate}")
+        limited = sorted({(r.config or {}).get("limit_windows") for r in self.results} - {None})
+        if limited:  # a quick run: its perplexities come from a few windows, not the whole split
+            out.append(f"quick run: validation and test perplexities from at most {', '.join(map(str, limited))} "
+                       "windows per split (--limit-windows), not the whole split")
         if self.unmerged:
             out.append(f"downstream results of {', '.join(self.unmerged)} are not in this report: their unit summary "
                        "is not written yet (a --shard run); run the same `mkeval run` with --resume and without "

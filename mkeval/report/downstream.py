@@ -158,6 +158,19 @@ def read_downstream(directory: Path, baseline: str | None = None) -> Downstream 
             notes.append(f"{group}: at most {first['limit']} examples per task split (--limit)")
         if first.get("dev_holdout"):
             notes.append(f"{group}: tasks without a train split were fine-tuned on half of their eval split")
+        if first.get("init") == "scratch" and any(r.get("prompt") for per in tasks.values()
+                                                  for _, r in per.get(group, [])):
+            notes.append(f"{group}: not pretrained (no --datasets): its zero- and few-shot scores are those of a "
+                         "randomly initialised model (they reflect its biases and the labels' balance, not learning)")
+    reasons: dict[tuple[str, str, str], None] = {}  # a mode skipped inside a task that ran: why, once
+    for (_, task), per_group in sorted(tasks.items()):
+        for results in per_group.values():
+            for _, r in results:
+                modes = [("fine-tuned", r.get("finetune"))] + list((r.get("prompt") or {}).items())
+                for mode, m in modes:
+                    if isinstance(m, dict) and m.get("status") == "skipped" and m.get("reason"):
+                        reasons[(task, mode, m["reason"])] = None
+    notes += [f"{task} {mode}: skipped, {reason}" for task, mode, reason in reasons]
     if len({s.get("protocol_hash") for s in summaries}) > 1:
         notes.append("warning: downstream results come from different protocols; compare like with like")
     legend = {TIE_SYMBOL: "some prompts tied (the first option won)",

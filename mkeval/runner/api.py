@@ -143,6 +143,7 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
         raise UsageError(f"{f'{at}: limit: {n}' if at else f'--limit {n}'}: limits the examples of downstream "
                          f"tasks, and this run has no --tasks; to evaluate fewer windows of a language-modelling "
                          f"cell use {f'limit_windows: {n}' if at else f'--limit-windows {n}'}")
+    check_tokenizer(protocol.tokenizer)
     options = request.get("model_options", {})
     check_models(registry, protocol, models, options, where)
     device = resolve_device(request.device)
@@ -168,6 +169,15 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
     jobs = cells + plan_tasks(units, tasks, protocol, dataclasses.asdict(run_options))
     ctx.run_info["jobs"] = len(jobs)
     return Plan(jobs, datasets if cells else [], units), ctx, tasks
+
+
+def check_tokenizer(spec: str) -> None:
+    """A bad --tokenizer is bad input before any work (and in --dry-run), not an error after the plan:
+    built-in names have their arguments checked, any other is loaded as a local Hugging Face tokenizer."""
+    from ..data.tokenizers import make_tokenizer, needs_training
+
+    if not needs_training(spec):
+        make_tokenizer(spec)
 
 
 def registry_readers(registry: Registry, configs: list[Any]) -> dict[str, Any]:

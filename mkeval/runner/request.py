@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ..errors import UsageError
+from ..errors import UsageError, did_you_mean
 from ..protocol import Protocol, read_yaml
 
 
@@ -56,7 +56,7 @@ class RunRequest:
     train_tokens: int | None = option("--train-tokens", "training budget in tokens", "int", None,
                                       protocol="train_tokens")
     batch_size: int | None = option("--batch-size", "sequences per optimiser step", "int", None,
-                                    protocol="batch_size")
+                                    protocol="batch_size", aliases=("--batch_size",))
     lr: float | None = option("--lr", "peak learning rate", "float", None, protocol="lr")
     eval_interval: int | None = option("--eval-interval", "optimiser steps between validations", "int", None,
                                        protocol="eval_interval")
@@ -235,15 +235,22 @@ def read_config(path: str | Path) -> tuple[RunRequest, dict[str, Any], dict[str,
     request_fields = {f.name for f in fields(RunRequest) if not f.metadata["protocol"]} - {"dry_run", "resume"}
     protocol_values: dict[str, Any] = {}
     request_values: dict[str, Any] = {}
+    aliases = config_aliases()
     for key, value in data.items():
         at = where.get(str(key), str(path))
+        if key in aliases:  # a flag's spelling (seq_len for --seq-len, lm-eval's num_fewshot, ...)
+            if aliases[key] in data:
+                raise UsageError(f"{at}: {key!r} and {aliases[key]!r} are the same option; give it once")
+            where[aliases[key]] = at
+            key = aliases[key]
         if key in request_fields:
             request_values[key] = value
         elif key in protocol_fields:
             protocol_values[key] = _coerce(key, value, at)
         else:
-            choices = ", ".join(sorted(list(protocol_fields) + list(request_fields)))
-            raise UsageError(f"{at}: unknown config key {key!r}; known keys: {choices}")
+            known = sorted(list(protocol_fields) + list(request_fields))
+            raise UsageError(f"{at}: unknown config key {key!r}{did_you_mean(key, known + list(aliases))}; known "
+                             f"keys: {', '.join(known)}")
     try:
         Protocol(**{**Protocol().to_dict(), **protocol_values})
     except UsageError as exc:
@@ -266,12 +273,29 @@ def positions(path: Path, root: Any) -> dict[str, str]:
     return out
 
 
+def config_aliases() -> dict[str, str]:
+    """Config keys spelled as a flag (``seq_len`` for ``--seq-len``, ``num_fewshot`` for lm-eval's
+    ``--num_fewshot``) -> the option's key (``seq_lens``, ``fewshot``)."""
+    out = {}
+    for f in fields(RunRequest):
+        for flag in filter(None, (f.metadata["flag"], *f.metadata["aliases"])):
+            key = flag.lstrip("-").replace("-", "_")
+            if key != f.name:
+                out[key] = f.metadata["protocol"] or f.name
+    return out
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     default = getattr(Protocol(), key)
     if isinstance(default, tuple):
         return tuple(value if isinstance(value, list) else [value])
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if default is not None and type(value) is not type(default):
         raise UsageError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
     return value

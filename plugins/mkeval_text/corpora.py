@@ -36,7 +36,7 @@ def _wikitext(name: str, hf_config: str, raw: bool, size: str) -> Corpus:
     patterns = {s: (f"wiki.{s}.{ext}",) + (() if raw else (f"{s}.txt",)) for s in SPLITS}
     return Corpus(
         name, f"WikiText-{size} ({'raw' if raw else 'tokenized'}), one document per line",
-        (name, f"{name}-v1") if not raw else (name, f"{name}-v1", name.replace("-raw", "") + "-raw-v1"),
+        (name, f"{name}-v1"),  # the official archive's folder, and the hub config's name
         patterns, read_lines, ("Salesforce/wikitext", hf_config, "text"),
     )
 
