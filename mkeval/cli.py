@@ -109,6 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 table.add_row(config.name, config.kind, escape(f"skipped: {skipped}") if skipped else
                               f"data {fingerprint}")
             out.print(table)
+            jobs = [j for j in result.plan.jobs if j.kind == "task"]
+            units = list(dict.fromkeys(j.unit.name for j in jobs))
+            if units:  # each task runs once per unit (a model at a training precision and seed)
+                out.print(escape(f"{len(jobs)} downstream jobs: {len(result.tasks)} task(s) for each of "
+                                 f"{len(units)} unit(s): {', '.join(units)}"), highlight=False)
         return 0
     from .engine.distributed import launched
 

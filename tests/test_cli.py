@@ -127,3 +127,20 @@ def test_list_one_kind(capsys):
     data = json.loads(capsys.readouterr().out)
     assert [e["name"] for e in data["model"]] == sorted(get_registry().names("model"))
     assert "task" not in data and "dataset" not in data
+
+
+def test_a_dry_run_with_tasks_counts_the_downstream_jobs(tmp_path, capsys):
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    (spec / "toy.yaml").write_text("name: toy\nkind: multiple_choice\nmetrics: [accuracy]\ninputs: ['{q}']\n"
+                                   "label: label\nlabels: [0, 1]\nchoices: [a, b]\nlocal:\n  - format: jsonl\n"
+                                   "    files: {train: t.jsonl, eval: e.jsonl}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("t.jsonl", "e.jsonl"):
+        (data / name).write_text('{"q": "x", "label": 0}\n{"q": "y", "label": 1}\n')
+    assert main(["run", "--models", "bk,transformer", "--tasks", "toy", "--include-path", str(spec), "--seeds", "0,1",
+                 "--data-dir", str(data), "--dry-run", "--output-dir", str(tmp_path / "o")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("4 downstream jobs: 1 task(s) for each of 4 unit(s): bk_seed0, transformer_seed0, bk_seed1, "
+            "transformer_seed1") in printed
