@@ -258,13 +258,9 @@ def train(
             interval = protocol.checkpoint_interval
             if state_path is not None and interval and (step + 1) % interval == 0 and step + 1 < steps:
                 outcome.train_seconds, outcome.wall_seconds = step_timer.seconds, wall_timer.elapsed()
-
-                def save_state(done: int = step + 1) -> None:  # rank 0 writes; every rank learns if it worked
-                    state = _state_dict(model, optimizer, stepper.scaler, outcome, done,
-                                        {**loop, "consecutive_bad": stepper.consecutive_bad}, identity)
-                    atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-
-                world.on_main(save_state, device, "saving the training state")
+                loop_state = {**loop, "consecutive_bad": stepper.consecutive_bad}
+                world.on_main(lambda: _save_state(state_path, model, optimizer, stepper, outcome, step + 1, loop_state,
+                                                  identity), device, "saving the training state")
                 if progress is not None and world.main:
                     progress("saved_state", step=step + 1, steps=steps)
     outcome.train_seconds = step_timer.seconds
@@ -274,6 +270,13 @@ def train(
     if outcome.best_step < 0:
         raise CellFailed("validation loss was never finite; no checkpoint to evaluate")
     return outcome
+
+
+def _save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, stepper: Stepper,
+                outcome: TrainOutcome, step: int, loop: dict[str, Any], identity: str) -> None:
+    """The whole loop state after ``step`` steps, written atomically (rank 0 only, through ``World.on_main``)."""
+    state = _state_dict(model, optimizer, stepper.scaler, outcome, step, loop, identity)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def data_parallel(model: nn.Module, device: torch.device, world: World, outcome: TrainOutcome) -> nn.Module:
