@@ -36,7 +36,8 @@ class PlainProgress:
         self.done_cells = self.done_tasks = 0
         self.cell_started = self.last_step_line = 0.0
         self.first_step: int | None = None  # the cell's first step in this process (a resumed cell starts later)
-        self.cell_seconds: list[float] = []  # wall time of the cells that trained here
+        self.cell_seconds: list[float] = []  # wall time of the training cells that trained here
+        self.training: set[str] = set()  # training cells not ended yet (evaluation-only cells take seconds)
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -48,14 +49,15 @@ class PlainProgress:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream or sys.stderr, flush=True)
 
     def _matrix_eta(self) -> str:
-        left = self.cells - self.done_cells
-        if not self.cell_seconds or left <= 0:
+        """The training cells left at the mean time of those that trained here (evaluations not counted)."""
+        if not self.cell_seconds or not self.training:
             return ""
-        return f"; matrix ETA {_duration(left * sum(self.cell_seconds) / len(self.cell_seconds))}"
+        return f"; matrix ETA {_duration(len(self.training) * sum(self.cell_seconds) / len(self.cell_seconds))}"
 
     def __call__(self, event: str, **info: Any) -> None:
         if event == "plan":
             self.cells, self.tasks = len(info.get("cells", [])), len(info.get("tasks", []))
+            self.training = set(info.get("training", []))
             parts = [f"{self.cells} cell(s)"] + ([f"{self.tasks} downstream task job(s)"] if self.tasks else [])
             self._print(f"plan: {', '.join(parts)}")
         elif event == "cell_start":
@@ -80,8 +82,10 @@ class PlainProgress:
             took = ""
             if info["status"] != "resumed" and self.cell_started:
                 seconds = self.clock() - self.cell_started
-                self.cell_seconds.append(seconds)
+                if info["name"] in self.training:
+                    self.cell_seconds.append(seconds)
                 took = f" in {_duration(seconds)}"
+            self.training.discard(info["name"])
             self._print(f"cell {self.done_cells}/{self.cells} {info['status']}: {info['name']}{took}"
                         f"{self._matrix_eta()}")
             self.cell_started = 0.0

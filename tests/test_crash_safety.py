@@ -4,6 +4,7 @@ stale temp files and unreadable result files."""
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -86,14 +87,17 @@ def test_a_killed_cell_resumes_from_its_training_state_with_identical_numbers(re
     finally:
         training.lr_factor = real
     assert state.exists()
+    # without --resume a leftover state is not used: the cell starts over, with the same numbers
+    fresh_dir = tmp_path / "fresh"
+    shutil.copytree(out, fresh_dir)
+    fresh = _run(reg, protocol, fresh_dir).results[0]
+    assert fresh.config["training"]["resumed_at_steps"] == [] and fresh.test_perplexity == full.test_perplexity
     resumed = _run(reg, protocol, out, resume=True).results[0]
     assert resumed.config["training"]["resumed_at_steps"] == [6]
     for name in ("test_perplexity", "test_loss", "best_perplexity", "final_perplexity", "epoch_losses",
                  "epoch_perplexities", "best_step", "train_tokens", "final_loss"):
         assert getattr(resumed, name) == getattr(full, name), name
     assert not state.exists()
-    # without --resume a leftover state is not used: the cell starts over
-    assert full.config["training"]["resumed_at_steps"] == []
 
 
 def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):

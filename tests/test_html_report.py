@@ -250,6 +250,10 @@ def test_marks_none_and_nan_values(bigram_run, tmp_path):
     assert any("one seed: no error bar" in t for t in texts(plots["test_perplexity"].figure))
     write_report(report, directory)
     write_html_report(report, directory)
+    # the n column counts the seeds behind the mean: 1 of 2 for wide at 8, 0 of 2 at 16
+    [quality, *_] = markdown_tables(directory / "report.md")
+    n_of = {(row[0], row[2]): row[quality[0].index("n")] for row in quality[1:]}
+    assert n_of[("wide", "8")] == "1/2" and n_of[("wide", "16")] == "0/2" and n_of[("bigram", "8")] == "2"
     page = Page((directory / "report.html").read_text())
     assert page.tables == markdown_tables(directory / "report.md")
     assert {(marks[k], s) for k, s in (("test_contamination", "‡"), ("valid_is_train_text", "†"),
@@ -507,7 +511,18 @@ def test_downstream_notes_say_what_a_reader_needs(full_run, tmp_path):
     data = json.loads(path.read_text())
     data["finetune"] = {"status": "skipped", "reason": "no train split (absent: toy/train.jsonl)"}
     path.write_text(json.dumps(data))
-    notes = build_report(directory).downstream.notes
+    report = build_report(directory)
+    notes = report.downstream.notes
+    # a seed whose task result is missing: its group's mean is over fewer seeds, and the cell says so
+    (directory / "downstream" / "transformer_seed1" / "toyyes.json").unlink()
+    from mkeval.report.downstream import downstream_table
+
+    headers, rows = downstream_table(build_report(directory).downstream)
+    [row] = [r for r in rows if r[1:4] == ["toyyes", "fine-tuned", "accuracy"]]
+    cell = row[headers.index("transformer (n=2)")]
+    seed0 = json.loads((full_run / "downstream" / "transformer_seed0" / "toyyes.json").read_text())
+    assert cell == f"{seed0['finetune']['metrics']['accuracy']:.4f} (n=1)"
+    assert "(n=" not in row[headers.index("bk (n=2)")]
     for group in ("transformer", "bk"):
         assert any(n.startswith(f"{group}: not pretrained (no --datasets)") for n in notes)
     assert "toyyes fine-tuned: skipped, no train split (absent: toy/train.jsonl)" in notes

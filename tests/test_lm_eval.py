@@ -87,23 +87,44 @@ def test_rolling_loglikelihood_equals_mkeval_document_nlls(byte_checkpoint):
     assert [-t for t in theirs] == pytest.approx(ours, abs=1e-4, rel=1e-6)
 
 
+class NextId(torch.nn.Module):
+    """A model whose greedy next token is always the previous token's id + 1, so greedy text is known
+    by hand (a trained tiny model repeats one byte, which tells a right implementation from a wrong one
+    poorly)."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, ids):
+        return torch.nn.functional.one_hot((ids + 1) % self.vocab, self.vocab).float() * 5.0
+
+
 def test_generate_until_is_greedy_and_stops(byte_checkpoint):
-    directory, model, tok = byte_checkpoint
+    directory, _, tok = byte_checkpoint
     lm = mkeval.lm_eval_model(directory)
-    context = "The following are"
-    ids = tok.encode(context)
-    expected = []
-    with torch.no_grad():
-        for _ in range(12):
-            expected.append(int(model(torch.tensor([(ids + expected)[-64:]]))[0, -1].argmax()))
-    text = tok.decode([t for t in expected if t != tok.eos_id][: expected.index(tok.eos_id)]
-                      if tok.eos_id in expected else expected)
+    lm.model = NextId(tok.vocab_size)
+    context = "Answer: a"
+    last = tok.encode(context)[-1]
+    expected = [(last + 1 + i) % tok.vocab_size for i in range(12)]
+    assert tok.eos_id not in expected
+    text = tok.decode(expected)  # "bcdefghijklm": each byte the next of the one before
+    assert len(set(text)) == 12
     out = lm.generate_until(_requests("generate_until", [(context, {"until": [], "max_gen_toks": 12})]))
     assert out == [text]
-    if len(text) > 3:  # a stop sequence cuts the text where it first appears
-        stop = text[2:4]
-        out = lm.generate_until(_requests("generate_until", [(context, {"until": [stop], "max_gen_toks": 12})]))
-        assert out == [text.split(stop)[0]]
+    stop = text[5:7]  # a stop sequence cuts the text where it first appears
+    out = lm.generate_until(_requests("generate_until", [(context, {"until": [stop], "max_gen_toks": 12})]))
+    assert out == [text[:5]]
+
+
+def test_loglikelihood_says_whether_the_continuation_is_greedy(byte_checkpoint):
+    directory, _, tok = byte_checkpoint
+    lm = mkeval.lm_eval_model(directory)
+    lm.model = NextId(tok.vocab_size)
+    following = tok.decode([(tok.encode("ab")[-1] + 1 + i) % tok.vocab_size for i in range(3)])  # "cde"
+    pairs = [("ab", following), ("ab", following[:2] + "x"), ("ab", "z"), ("ab", following[:1])]
+    greedy = [g for _, g in lm.loglikelihood(_requests("loglikelihood", pairs))]
+    assert greedy == [True, False, False, True]
 
 
 def test_cli_runs_lm_eval_on_a_local_task(byte_checkpoint, tmp_path):

@@ -69,3 +69,18 @@ def test_results_follow_lm_evals_schema_and_numbers(run_dir, tmp_path):
 def test_a_run_without_downstream_results_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     assert main(["export", str(tmp_path / "run"), "--format", "lm-eval", "--output", str(tmp_path / "x")]) == 2
+
+
+def test_squad_em_and_f1_get_lm_evals_mean_stderr():
+    """SQuAD's (and ReCoRD's) EM and F1 are means over questions: their standard error is the sample
+    std of the per-question scores over sqrt(n), computed here by hand; MultiRC's EM is not."""
+    from mkeval.interop.lm_eval_export import _per_example, _stderr
+
+    records = [{"prediction": "the cat", "reference": ["cat"]},       # EM 1, F1 1
+               {"prediction": "a big dog", "reference": ["big dog"]},  # EM 1 (articles dropped), F1 1
+               {"prediction": "red fox", "reference": ["fox"]},        # EM 0, F1 2/3
+               {"prediction": "moon", "reference": ["sun"]}]           # EM 0, F1 0
+    for metric, per_question in (("em", [1, 1, 0, 0]), ("f1", [1, 1, 2 / 3, 0])):
+        expected = np.std(per_question, ddof=1) / math.sqrt(4)
+        assert math.isclose(_stderr(metric, records, ["squad"], None), expected)
+    assert _per_example("em", {"prediction": "1", "reference": "1"}, ["multirc"]) is None  # per question: bootstrap

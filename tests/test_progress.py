@@ -22,7 +22,7 @@ class Clock:
 def test_plain_progress_rate_limits_step_lines_and_computes_etas_by_hand():
     clock, stream = Clock(), io.StringIO()
     p = PlainProgress(stream, interval=30.0, clock=clock)
-    p("plan", cells=["a", "b"], tasks=[])
+    p("plan", cells=["a", "a_int8", "b", "c"], training=["a", "b", "c"], tasks=[])
     p("cell_start", name="a", steps=100)
     for step in range(1, 101):  # one step per second
         clock.now += 1.0
@@ -30,6 +30,9 @@ def test_plain_progress_rate_limits_step_lines_and_computes_etas_by_hand():
         if step == 50:
             p("eval", step=50, steps=100, perplexity=12.25)
     p("cell_end", name="a", status="ok")
+    p("cell_start", name="a_int8", steps=0)  # an evaluation: seconds, not counted in the matrix ETA
+    clock.now += 4.0
+    p("cell_end", name="a_int8", status="ok")
     p("cell_start", name="b", steps=10)
     p("cell_end", name="b", status="resumed")
     p("cell_start", name="c", steps=100)  # continued from a training state at step 60: 2 s per step here
@@ -42,12 +45,13 @@ def test_plain_progress_rate_limits_step_lines_and_computes_etas_by_hand():
     assert [int(re.search(r"step (\d+)/", s).group(1)) for s in steps] == [30, 60, 90, 100, 75, 90, 100]
     assert steps[0] == "  step 30/100: loss 2.500, 1,000 tok/s, cell ETA 0:01:10"  # 70 steps at 1 s each
     assert "  step 50/100: validation perplexity 12.250" in lines
-    # cell a took 100 s; one cell left at that mean
-    assert "cell 1/2 ok: a in 0:01:40; matrix ETA 0:01:40" in lines
-    assert "cell 2/2 resumed: b" in lines
+    # cell a took 100 s; two training cells (b, c) left at that mean; the evaluation changes nothing
+    assert "cell 1/4 ok: a in 0:01:40; matrix ETA 0:03:20" in lines
+    assert "cell 2/4 ok: a_int8 in 0:00:04; matrix ETA 0:03:20" in lines
+    assert "cell 3/4 resumed: b; matrix ETA 0:01:40" in lines
     # the ETA of the continued cell comes from the steps run here: 30 s after its start is step 75
     assert "  step 75/100: loss 1.000, 500 tok/s, cell ETA 0:00:50" in lines
-    assert lines[0] == "plan: 2 cell(s)"
+    assert lines[0] == "plan: 4 cell(s)"
 
 
 def test_a_piped_run_prints_complete_lines_and_no_bars(tmp_path):

@@ -11,7 +11,7 @@ import mkeval
 from mkeval.engine.batching import limit_windows, make_windows
 from mkeval.engine.evaluation import evaluate_lm
 from mkeval.engine.models import build_model
-from mkeval.engine.loop import load_checkpoint
+from mkeval.engine.checkpoint import load_weights
 
 pytest.importorskip("torchao")
 
@@ -50,7 +50,7 @@ def test_each_model_trains_once_and_every_precision_evaluates_that_checkpoint(sw
 def _reload(out, result, model):
     r = next(r for r in result.results if r.model_name == model and r.precision == "fp32")
     net = build_model(model, 32, 32, seed=0)
-    load_checkpoint(net, out / r.checkpoint, torch.device("cpu"))
+    load_weights(net, out / r.checkpoint, torch.device("cpu"))
     return net, r
 
 

@@ -226,7 +226,7 @@ def test_the_test_split_is_scored_with_the_best_checkpoint_not_the_last(registry
     from mkeval import ModelSpec
     from mkeval.engine.batching import make_windows
     from mkeval.engine.evaluation import evaluate_lm
-    from mkeval.engine.loop import load_checkpoint
+    from mkeval.engine.checkpoint import load_weights
 
     from helpers import Bigram
 
@@ -251,7 +251,7 @@ def test_the_test_split_is_scored_with_the_best_checkpoint_not_the_last(registry
     # an independent evaluation of the saved checkpoint reproduces the reported test perplexity
     data = registry.get("dataset", "markov").load(mkeval.runner.data_request(protocol, 16, None, {}))
     model = Unlearning(data.vocab_size)
-    load_checkpoint(model, tmp_path / r.checkpoint, torch.device("cpu"))
+    load_weights(model, tmp_path / r.checkpoint, torch.device("cpu"))
     test = make_windows(data.splits["test"], 16, cover_tail=True)
     from mkeval.engine.batching import limit_windows
 

@@ -243,12 +243,12 @@ def test_word_perplexity_and_bits_per_byte_by_hand(registry, tmp_path):
     assert r.test_tokens == words + len(lines)  # every word and every <eos>
     # the NLL, recomputed independently: the bigram's logits depend on the current token only, so
     # the whole test stream can be scored as one sequence by the saved checkpoint
-    from mkeval.engine.loop import load_checkpoint
+    from mkeval.engine.checkpoint import load_weights
 
     from helpers import Bigram
 
     model = Bigram(r.config["dataset"]["vocab_size"])
-    load_checkpoint(model, tmp_path / "out" / r.checkpoint, torch.device("cpu"))
+    load_weights(model, tmp_path / "out" / r.checkpoint, torch.device("cpu"))
     stream = registry.get("dataset", "ptb").load(mkeval.runner.data_request(
         protocol, 8, tmp_path, {"train": "valid"})).splits["test"].tokens.long()
     with torch.no_grad():

@@ -53,7 +53,7 @@ def split_statistics(dataset: str, split: str | None = None, data_dir: str | Pat
         s = data.splits[name]
         info = dict(s.info)
         if "tokens" not in info or s.tokens.dim() == 2:
-            info["tokens"] = int(s.loss_mask[..., 1:].sum() if s.loss_mask is not None else s.tokens.numel() - 1)
+            info["tokens"] = int(s.loss_mask[..., 1:].sum() if s.loss_mask is not None else s.tokens[..., 1:].numel())
         info.setdefault("source_split", name)
         info["vocab_size"] = vocab_size
         if no_vocabulary:

@@ -43,7 +43,7 @@ STREAM_EVAL_TOKENS = 4_194_304  # valid/test tokens read from a streaming source
 CACHE_FORMAT = 1
 _CHUNK = 1 << 20  # tokens buffered before writing
 # text statistics of a split: ``words`` counts str.split() words, ``lm_eval_words`` lm-eval's
-# re.split(r"\s+") pieces (``mkeval.perplexity``); ``bytes`` are UTF-8 bytes of the documents
+# re.split(r"\s+") pieces (``mkeval.engine.perplexity``); ``bytes`` are UTF-8 bytes of the documents
 # (the newline that ends a line is not part of its document)
 STATS = ("documents", "lines", "words", "lm_eval_words", "bytes", "unk_tokens")  # unk_tokens: ids of <unk>
 

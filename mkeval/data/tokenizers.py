@@ -34,7 +34,7 @@ class Tokenizer:
     # ids and each token's (start, end) character span in the text (for span answers, e.g. SQuAD)
     encode_offsets: Callable[[str], tuple[list[int], list[tuple[int, int]]]] | None = None
     # what rebuilds it: the word list (word), the BPE JSON (bpe), the folder (hf), None (byte);
-    # ``mkeval.checkpoint`` writes it into a checkpoint as tokenizer.json
+    # ``mkeval.engine.checkpoint`` writes it into a checkpoint as tokenizer.json
     state: Any = None
     decode: Callable[[list[int]], str] | None = None  # ids -> text (for generation)
 

@@ -96,6 +96,13 @@ def weights_file(path: str | Path) -> Path:
     return path if path.is_file() else path / WEIGHTS
 
 
+def load_weights(model: Any, path: str | Path, device: Any) -> None:
+    """Load ``model``'s weights from a checkpoint directory (or a bare safetensors file, ``weights_file``)."""
+    import safetensors.torch
+
+    safetensors.torch.load_model(model, str(weights_file(path)), device=str(device))
+
+
 def tokenizer_kind(tokenizer: Tokenizer) -> str:
     """``word``, ``byte``, ``bpe`` or ``hf`` (from the tokenizer's name, e.g. ``bpe:4096``)."""
     kind = tokenizer.name.split(":", 1)[0]
@@ -136,7 +143,7 @@ def tokenizers_object(tokenizer: Tokenizer) -> Any:
     if kind == "word":
         vocab = {w: i for i, w in enumerate(tokenizer.state)}
         for special in (UNK, EOS):
-            vocab.setdefault(special, len(vocab))  # as mkeval.tokenizers.word_tokenizer does
+            vocab.setdefault(special, len(vocab))  # as mkeval.data.tokenizers.word_tokenizer does
         hf = HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
         hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # str.split(), not Whitespace's \w+ split
         names = (UNK, EOS)

@@ -20,12 +20,12 @@ from ..protocol import Protocol, stable_hash
 from ..registry import Registry
 from ..registry.contracts import LMData
 from ..results import CellResult
-from .batching import limit_windows, make_windows
-from .checkpoint import write_checkpoint
+from .batching import Windows, limit_windows, make_windows
+from .checkpoint import load_weights, write_checkpoint
 from .checks import contract_record, require_contract
 from .distributed import SINGLE, World
 from .evaluation import evaluate_lm
-from .loop import STATE_FILE, WEIGHTS_FILE, Progress, lm_loss, load_checkpoint, read_state, train
+from .loop import STATE_FILE, Progress, lm_loss, read_state, train
 from .measure import CORE_FLOP_FORMULAS, PeakMemory, count_step_flops, describe_device
 from .models import build_model, count_parameters, model_size_mb, recurrent_state
 from .perplexity import split_text_metrics
@@ -100,6 +100,14 @@ def precision_record(precision: Any) -> dict[str, Any]:
             "autocast_dtype": str(dtype).replace("torch.", "") if dtype else None}
 
 
+def evaluation_windows(windows: dict[str, Windows], protocol: Protocol, plan: CellPlan) -> tuple[Windows, Windows]:
+    """The validation and test windows a cell scores: capped by the protocol's token budgets and
+    ``--limit-windows``, the same for a training cell and its evaluations at other precisions."""
+    n = plan.limit_windows or 0
+    return (limit_windows(windows["valid"], protocol.eval_tokens, n),
+            limit_windows(windows["test"], protocol.test_tokens, n))
+
+
 def run_cell(
     plan: CellPlan,
     data: LMData,
@@ -127,8 +135,7 @@ def run_cell(
         raise CellFailed(f"dataset {cell.dataset!r}: the train split holds {len(splits['train'])} windows of seq_len "
                          f"{cell.seq_len}, fewer than batch_size {protocol.batch_size}; use a shorter --seq-len or "
                          "more data")
-    val = limit_windows(splits["valid"], protocol.eval_tokens, plan.limit_windows or 0)
-    test = limit_windows(splits["test"], protocol.test_tokens, plan.limit_windows or 0)
+    val, test = evaluation_windows(splits, protocol, plan)
     model, options, match, contract = build_for(plan, data.vocab_size, registry, device, checks)
     probe = splits["train"].take(torch.arange(protocol.batch_size))
     flops = count_step_flops(model, probe.inputs.to(device),
@@ -141,11 +148,11 @@ def run_cell(
                                                      precision.name), device, "writing the checkpoint directory")
     with PeakMemory(device) as memory:
         outcome = train(model, splits["train"], val, protocol, cell.seq_len, cell.seed, precision, device,
-                        checkpoint_dir / WEIGHTS_FILE, progress, state_path=state_path,
+                        checkpoint_dir, progress, state_path=state_path,
                         resume_from=read_state(state_path, plan.cell_hash) if resume else None,
                         identity=plan.cell_hash, world=world)
     if world.main:
-        load_checkpoint(model, checkpoint_dir, device)
+        load_weights(model, checkpoint_dir, device)
     world.broadcast_module(model)  # the best checkpoint, on every rank
     test_eval = evaluate_lm(model, test, protocol.batch_size, precision, device, world)
     if not world.main:
@@ -271,12 +278,11 @@ def evaluate_cell(
     cell = plan.cell
     precision = registry.get("precision", cell.precision)
     windows = cell_windows(data, cell, protocol, ("valid", "test"))
-    val = limit_windows(windows["valid"], protocol.eval_tokens, plan.limit_windows or 0)
-    test = limit_windows(windows["test"], protocol.test_tokens, plan.limit_windows or 0)
+    val, test = evaluation_windows(windows, protocol, plan)
     options = dict(base.config["model"]["options"])
     model = build_model(cell.model, data.vocab_size, cell.seq_len, size=plan.model_size, seed=cell.seed,
                         registry=registry, **options).to(device)
-    load_checkpoint(model, output_dir / base.checkpoint, device)
+    load_weights(model, output_dir / base.checkpoint, device)
     quantization = quantize(registry, cell.precision, model) if precision.quantize is not None else None
     with PeakMemory(device) as memory:
         val_eval = evaluate_lm(model, val, protocol.batch_size, precision, device)

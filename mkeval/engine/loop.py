@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .batching import Windows, training_batches
+from .checkpoint import save_weights
 from .distributed import SINGLE, World
 from ..errors import CellFailed
 from .evaluation import LMEval, evaluate_lm
@@ -134,7 +134,6 @@ class Stepper:
 
 
 STATE_FORMAT = 1
-WEIGHTS_FILE = "model.safetensors"  # the best checkpoint's weights, in the cell's checkpoint directory
 STATE_FILE = "training_state.pt"  # the loop's state while the cell trains; removed when it finishes
 
 
@@ -207,7 +206,8 @@ def train(
     identity: str = "",
     world: World = SINGLE,
 ) -> TrainOutcome:
-    """Train ``model`` for the protocol's budget; the best validation checkpoint is saved to ``checkpoint``.
+    """Train ``model`` for the protocol's budget; the best validation checkpoint's weights are saved in
+    the checkpoint directory ``checkpoint`` (``model.safetensors``).
 
     Every ``protocol.checkpoint_interval`` steps the whole loop state is saved to ``state_path``
     (atomically); ``resume_from`` (``read_state``'s result) continues from such a state and gives
@@ -341,18 +341,7 @@ def _validate(model: nn.Module, windows: Windows, protocol: Protocol, precision:
     if math.isfinite(result.loss) and result.loss < loop["best_loss"]:
         loop["best_loss"] = result.loss
         outcome.best_step = step
-        world.on_main(lambda: save_checkpoint(model, checkpoint), device, "saving the best checkpoint")
+        world.on_main(lambda: save_weights(checkpoint, model), device, "saving the best checkpoint")
     return result
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Write the model's weights as safetensors, atomically (temp file, then rename)."""
-    atomic_write(path, lambda tmp: safetensors.torch.save_model(model, str(tmp)))
-
-
-def load_checkpoint(model: nn.Module, path: Path, device: torch.device) -> None:
-    """Load weights from a safetensors file, or from a cell's checkpoint directory."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / WEIGHTS_FILE
-    safetensors.torch.load_model(model, str(path), device=str(device))

@@ -50,7 +50,7 @@ def lm_eval_text_metrics(nll_per_document: Iterable[float], words: int | Iterabl
 
 def split_text_metrics(model: Any, split: Any, eos_id: int, seq_len: int, batch_size: int, precision: Any,
                        device: Any) -> tuple[float | None, float | None]:
-    """``(word_perplexity, bits_per_byte)`` of a tokenized text split (``mkeval.text``'s ``TokenSplit``) in
+    """``(word_perplexity, bits_per_byte)`` of a tokenized text split (``mkeval.data.text``'s ``TokenSplit``) in
     lm-eval's definition: every document scored on its own (``document_nlls``), lm-eval's word count.
     ``(None, None)`` for a split without text statistics (token-id data) or without text."""
     info = split.info
@@ -63,7 +63,7 @@ def split_text_metrics(model: Any, split: Any, eos_id: int, seq_len: int, batch_
 
 def documents_from_stream(tokens: Any, eos_id: int) -> list[Any]:
     """A split's documents (1-D tensors, views of the stream) back from ``[eos] d1 [eos] d2 [eos] ...``
-    (``mkeval.text``'s layout). A document whose own tokens include ``eos_id`` (only if its text
+    (``mkeval.data.text``'s layout). A document whose own tokens include ``eos_id`` (only if its text
     spells the separator, e.g. a literal ``<eos>``) comes back as two documents."""
     import torch
 

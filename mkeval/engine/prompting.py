@@ -40,9 +40,6 @@ def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[i
     return ctx, whole[len(ctx):]
 
 
-MAX_TRUNCATED_SHARE = 0.05  # a mode with more of its prompts cut inside the question is marked in reports
-
-
 def fit_prompt(config: TaskConfig, tok: Tokenizer, row: dict[str, Any], shots: list[dict[str, Any]],
                max_len: int) -> tuple[list[tuple[list[int], list[int]]], int, bool]:
     """Each option's (context ids, continuation ids) for ``row`` with as many of ``shots`` (the
@@ -114,10 +111,13 @@ def score_prompt(model: nn.Module, config: TaskConfig, tok: Tokenizer, rows: lis
             ids[b, : len(w) - 1] = torch.tensor(w[:-1])
         with autocast(precision, device):
             logits = model(ids.to(device))
-        logp = F.log_softmax(logits.float(), dim=-1).cpu()
-        for b, (_, w, n) in enumerate(chunk):
-            positions = torch.arange(len(w) - 1 - n, len(w) - 1)
-            loglik[i + b] = logp[b, positions, torch.tensor(w[-n:])].double().sum() if n else 0.0
+        logp = F.log_softmax(logits.float(), dim=-1)
+        sums = torch.zeros(len(chunk), dtype=torch.float64, device=logp.device)
+        for b, (_, w, n) in enumerate(chunk):  # only the answer tokens' sums leave the device, once per batch
+            if n:
+                positions = torch.arange(len(w) - 1 - n, len(w) - 1, device=logp.device)
+                sums[b] = logp[b, positions, torch.tensor(w[-n:], device=logp.device)].double().sum()
+        loglik[i: i + len(chunk)] = sums.cpu()
     k = len(prompt.choices)
     records, ties = [], 0
     for r, row in enumerate(rows):

@@ -28,10 +28,9 @@ from ..protocol import Protocol, stable_hash
 from ..registry import Registry
 from ..results import CellResult, json_safe, read_json_file, write_json, write_text
 from ..results.downstream import TaskResult
-from .checkpoint import load_tokenizer
+from .checkpoint import load_tokenizer, load_weights
 from .checks import contract_record, require_contract
 from .finetune import finetune, make_kind, predict
-from .loop import load_checkpoint
 from .models import build_model, count_parameters
 from .prompting import context_for, score_prompt
 from .sizing import match_params
@@ -161,7 +160,7 @@ def run_task(unit: Unit, config: TaskConfig, data: TaskData, start: Start | None
         result["contract_checks"] = contract
         require_contract(contract, unit.model, "task heads and prompt scoring")
         if start is not None:
-            load_checkpoint(model, start.checkpoint, device)
+            load_weights(model, start.checkpoint, device)
         return model
 
     context = MetricContext(labels=tuple(canon(v) for v in config.labels),

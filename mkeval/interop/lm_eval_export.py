@@ -25,7 +25,6 @@ from ..errors import UsageError
 from ..results import read_json_file, write_json, write_text
 
 LM_EVAL_NAMES = {"accuracy": "acc", "matthews_corrcoef": "mcc", "em": "exact_match"}
-MEAN_METRICS = {"accuracy", "em"}  # a mean of a per-example score: lm-eval's mean_stderr
 BOOTSTRAP_ITERS = 100
 
 
@@ -33,9 +32,16 @@ def _slug(mode: str) -> str:
     return mode.replace(" ", "_").replace("-", "_")
 
 
-def _per_example(metric: str, record: dict[str, Any]) -> float | None:
+def _per_example(metric: str, record: dict[str, Any], metric_names: list[str]) -> float | None:
+    """The example's own score when ``metric`` is a mean over examples (accuracy; SQuAD's and
+    ReCoRD's EM and F1), else None (a corpus-level metric; MultiRC's EM is per question)."""
     if metric == "accuracy":
         return float(record["prediction"] == record["reference"])
+    if metric in ("em", "f1") and {"squad", "record"} & set(metric_names):
+        from ..metrics import squad_exact_match, squad_f1
+
+        score = squad_exact_match if metric == "em" else squad_f1
+        return score(record["prediction"], record["reference"])
     return None
 
 
@@ -43,7 +49,7 @@ def _stderr(metric: str, records: list[dict[str, Any]], metric_names: list[str],
     """lm-eval's standard error of ``metric`` over ``records``."""
     import numpy as np
 
-    values = [_per_example(metric, r) for r in records]
+    values = [_per_example(metric, r, metric_names) for r in records]
     if all(v is not None for v in values) and len(values) > 1:
         return float(np.std(values, ddof=1) / math.sqrt(len(values)))
     from ..metrics import compute_metrics
@@ -124,7 +130,7 @@ def _write_mode(run_dir: Path, folder: Path, unit: dict[str, Any], mode: str,
                       "resps": [[[ll, False]] for ll in r.get("loglikelihoods", [])],
                       "filtered_resps": [[ll, False] for ll in r.get("loglikelihoods", [])]}
             for metric in m["metrics"]:
-                value = _per_example(metric, r)
+                value = _per_example(metric, r, names)
                 if value is not None:
                     sample[LM_EVAL_NAMES.get(metric, metric)] = value
             lines.append(json.dumps(sample, ensure_ascii=False))

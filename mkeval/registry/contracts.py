@@ -86,7 +86,7 @@ class LMData:
 
     ``optimal_perplexity`` is the lowest perplexity any model can reach on the scored
     tokens when the source is known exactly (synthetic data), else None. ``info`` is
-    recorded in every result built on this data. ``tokenizer`` (a ``mkeval.tokenizers.Tokenizer``,
+    recorded in every result built on this data. ``tokenizer`` (a ``mkeval.data.tokenizers.Tokenizer``,
     text datasets only) is what downstream tasks use to read text after pretraining.
     """
 

@@ -38,7 +38,6 @@ class ModeScores:
     status: str  # ok | degenerate | skipped | failed | absent
     reason: str | None = None
     ties: int = 0
-    examples: int = 0
     shots_asked: int | None = None
     shots_mean: float | None = None
     truncated_share: float = 0.0
@@ -76,13 +75,20 @@ class Downstream:
         return [row for row in self.rows if not (sizes[row[0]] > self.COLLAPSE and row[0] in aggregated)]
 
     @staticmethod
-    def cell(scores: ModeScores | None, metric: str) -> str:
+    def cell(scores: ModeScores | None, metric: str, seeds: int) -> str:
+        """A group's score; ``seeds``: how many units the group has (its header's n)."""
         if scores is None or scores.status == "absent":
             return ""
         if scores.status != "ok":
             return scores.status
         stats = scores.metrics.get(metric)
-        return "" if stats is None else _stats(stats, 4) + scores.marks
+        return "" if stats is None else _score(stats, seeds) + scores.marks
+
+
+def _score(stats: SeedStats, seeds: int) -> str:
+    """mean ± std, and ``(n=k)`` when fewer seeds than the header's n are behind it (the others have no
+    result: failed, or a number that was not finite)."""
+    return _stats(stats, 4) + (f" (n={stats.n})" if stats.n < seeds else "")
 
 
 def _mode_scores(units: list[dict[str, Any]], mode_results: list[dict[str, Any] | None]) -> ModeScores:
@@ -98,8 +104,6 @@ def _mode_scores(units: list[dict[str, Any]], mode_results: list[dict[str, Any] 
     metrics = {k: seed_stats([m["metrics"].get(k) for m in oks], seeds) for k in names}
     shots = [m.get("effective_shots", {}).get("mean") for m in oks if isinstance(m.get("effective_shots"), dict)]
     return ModeScores(metrics, "ok", ties=sum(m.get("ties", 0) or 0 for m in oks),
-                      examples=sum(m.get("examples", 0) if isinstance(m.get("examples"), int)
-                                   else m.get("examples", {}).get("eval", 0) for m in oks),
                       shots_asked=oks[0].get("shots"), shots_mean=sum(shots) / len(shots) if shots else None,
                       truncated_share=max((m.get("truncated_share", 0.0) or 0.0) for m in oks))
 
@@ -239,10 +243,11 @@ def _comparisons(directory: Path, groups: dict[str, list[dict[str, Any]]], pools
 def downstream_table(d: Downstream) -> tuple[list[str], list[list[str]]]:
     groups = list(d.groups)
     headers = ["benchmark", "task", "mode", "metric", *(d.n_text(g) for g in groups)]
-    rows = [[b, t, m, k, *(Downstream.cell(scores.get(g), k) for g in groups)] for b, t, m, k, scores in
+    seeds = {g: len(d.groups[g]) for g in groups}
+    rows = [[b, t, m, k, *(Downstream.cell(scores.get(g), k, seeds[g]) for g in groups)] for b, t, m, k, scores in
             d.visible_rows()]
-    rows += [[a.benchmark, a.row, a.mode, a.metric, *(_stats(a.stats[g], 4) if g in a.stats else "" for g in groups)]
-             for a in d.aggregates]
+    rows += [[a.benchmark, a.row, a.mode, a.metric, *(_score(a.stats[g], seeds[g]) if g in a.stats else ""
+                                                      for g in groups)] for a in d.aggregates]
     return headers, rows
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..results import CellResult
-from ..results.aggregate import LMSummary
+from ..results.aggregate import LMSummary, seed_stats
 from .formatting import _num, _plain, _stats
 from .marks import MARK_COLUMN, MARK_SYMBOLS
 
@@ -39,12 +38,9 @@ def _trained(s: LMSummary) -> bool:
 
 
 def _spread(s: LMSummary, name: str, text: Callable[[float], str]) -> str:
-    """The mean over seeds, with the sample std when there are two or more (as every table shows them)."""
-    values = [getattr(r, name) for r in s.cells if getattr(r, name) is not None]
-    if not values:
-        return ""
-    mean = sum(values) / len(values)
-    return text(mean) if len(values) < 2 else f"{text(mean)} ± {text(statistics.stdev(values))}"
+    """``_stats`` for a number outside ``LM_NUMBERS`` (mean ± sample std over seeds), in ``text``'s format."""
+    st = seed_stats([getattr(r, name) for r in s.cells])
+    return "" if st.mean is None else text(st.mean) + (f" ± {text(st.std)}" if st.std is not None else "")
 
 
 def _count(value: Any) -> str:
@@ -85,13 +81,19 @@ def memory_header(results: list[CellResult]) -> str:
     return "peak MiB"
 
 
-QUALITY = [
+KEYS = [
     Column("model", lambda s: s.model_name),
     Column("dataset", lambda s: s.dataset),
     Column("seq", lambda s: str(s.seq_len)),
     Column("trained at", lambda s: s.trained_at),
     Column("eval at", lambda s: s.evaluated_at if s.evaluated_at != s.trained_at else "="),
-    Column("n", lambda s: str(len(s.cells))),
+]
+"""What a row is (``lm_group_key``): the first columns of both tables, repeated when a table is split."""
+
+QUALITY = KEYS + [
+    # seeds behind the test perplexity; k/n when some seed's was not finite (the mean is over k)
+    Column("n", lambda s: str(len(s.cells)) if s.numbers["test_perplexity"].n == len(s.cells)
+           else f"{s.numbers['test_perplexity'].n}/{len(s.cells)}"),
     Column("test ppl", lambda s: _stats(s.numbers["test_perplexity"]) + _marks(s.cells, "test ppl")),
     Column("val ppl", lambda s: _stats(s.numbers["best_perplexity"]) + _marks(s.cells, "val ppl")),
     Column("word ppl", lambda s: _stats(s.numbers["test_word_perplexity"], 2)),
@@ -101,17 +103,13 @@ QUALITY = [
 ]
 """Quality over seeds; Δppl is relative to the same checkpoint at the precision it was trained at."""
 
-COST = [
-    Column("model", lambda s: s.model_name),
-    Column("dataset", lambda s: s.dataset),
-    Column("seq", lambda s: str(s.seq_len)),
-    Column("trained at", lambda s: s.trained_at),
-    Column("eval at", lambda s: s.evaluated_at if s.evaluated_at != s.trained_at else "="),
+COST = KEYS + [
     Column("params", _params),
     Column("active", _active),
     Column("state", _state),
     Column("weights MiB", lambda s: _num(_first(s).model_size_mb, 2)),
-    Column("peak MiB", lambda s: _spread(s, "peak_memory_mb", lambda v: _num(v, 0))),
+    # an evaluation-only row's peak is of evaluation, not training: not comparable with the rows above it
+    Column("peak MiB", lambda s: _spread(s, "peak_memory_mb", lambda v: _num(v, 0)) if _trained(s) else ""),
     # an evaluation-only row did not train: its training numbers are its training cell's
     Column("tok/s", lambda s: _spread(s, "tokens_per_second", _count) if _trained(s) else ""),
     Column("train s", lambda s: _spread(s, "training_time", lambda v: _num(v, 1)) if _trained(s) else ""),

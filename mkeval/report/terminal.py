@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .downstream import comparison_notes, comparison_table, downstream_table
+from .lm import KEYS
 
 if TYPE_CHECKING:
     from .core import Report
@@ -13,7 +14,7 @@ TEXT_COLUMNS = {"model", "dataset", "seq", "trained at", "eval at", "benchmark",
                 "method", "seeds", "test"}
 
 
-KEY_COLUMNS = {"model", "dataset", "seq", "trained at", "eval at"}  # repeated in every part of a split table
+KEY_COLUMNS = {c.header for c in KEYS}  # repeated in every part of a split table
 
 
 def split_columns(headers: list[str], rows: list[list[str]], width: int) -> list[tuple[list[str], list[list[str]]]]:

@@ -96,11 +96,6 @@ class PromptResult:
         return _from_json(cls, data)
 
 
-def mode_of(result: "TaskResult", mode: str) -> FinetuneResult | PromptResult | None:
-    """The result of ``mode`` (``fine-tuned`` or ``K-shot``), or None."""
-    return result.finetune if mode == FINETUNED else result.prompt.get(mode)
-
-
 FINETUNED = "fine-tuned"
 
 

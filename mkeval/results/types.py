@@ -77,7 +77,7 @@ class CellResult:
     flop_coverage: dict[str, Any] | None = None  # what the FLOP counts left out (docs/flops.md)
     marks: dict[str, str] = field(default_factory=dict)  # what a reader must know about these numbers
     vocabulary: dict[str, Any] | None = None  # tokenizer, the split it was fitted on, the test <unk> rate
-    effective_context: dict[str, Any] | None = None  # the perturbation probe of the best checkpoint (mkeval.probes)
+    effective_context: dict[str, Any] | None = None  # the perturbation probe of the best checkpoint (mkeval.engine.probes)
     status: str = "ok"
     schema_version: int = SCHEMA_VERSION
 

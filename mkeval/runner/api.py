@@ -8,7 +8,6 @@ resume and failure isolation and rebuilds the summaries from the result files.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..protocol import Protocol
 from ..registry import Registry, get_registry
 from ..results import CellResult, CellStatus, ResultScan, scan_results
 from ..threads import choose_threads
-from .executor import RunContext, execute, finalize, finished
+from .executor import RunContext, execute, finalize, finished, now
 from .plan import (Plan, TaskUnit, included_tasks, plan_cells, plan_sizing, plan_tasks, plan_units,
                    resolve_precisions, resolve_tasks)
 from .request import RunRequest, build_request
@@ -158,9 +157,10 @@ def prepare(request: RunRequest, protocol: Protocol, registry: Registry, where: 
         raise UsageError(f"--data-dir: {request.data_dir} is not a directory")
     run_options = RunOptions(request.limit, request.get("dev_holdout", False), request.get("skip_bad_rows", False))
     out = Path(request.get("output_dir", "results"))
-    ctx = RunContext(registry, protocol, out, device, data_dir, run_options, registry_readers(registry, configs),
+    ctx = RunContext(registry, protocol, out, device, data_dir, run_options,
+                     registered_readers(registry) if configs else {},
                      request.get("resume", False), progress)
-    ctx.run_info = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    ctx.run_info = {"started": now(),
                     "git_revision": git_revision(), "resume": ctx.resume, "protocol_hash": protocol.hash}
     cells = plan_cells(registry, protocol, models, datasets, precisions, options, data_dir, request.limit_windows, sizing,
                        splits, data_options) if pretrain or not configs else []
@@ -178,10 +178,6 @@ def check_tokenizer(spec: str) -> None:
 
     if not needs_training(spec):
         make_tokenizer(spec)
-
-
-def registry_readers(registry: Registry, configs: list[Any]) -> dict[str, Any]:
-    return registered_readers(registry) if configs else {}
 
 
 EXECUTORS = ("local", "ray")

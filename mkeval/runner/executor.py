@@ -155,15 +155,21 @@ def execute(plan: Plan, ctx: RunContext, jobs: list[Job] | None = None,
     remove_stale_temp_files(ctx.out)
     statuses: list[CellStatus] = []
     state: dict[str, str] = {}  # job name -> ok | resumed | failed
-    if ctx.progress:
-        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)],
-                     tasks=[j.name for j in jobs if isinstance(j, TaskUnit)])
+    announce_plan(ctx, jobs)
     for index, job in enumerate(jobs):
         status = _one(job, index, ctx, state, unreadable or {})
         statuses.append(status)
         state[job.name] = status.status
         write_run_summary(ctx, statuses)
     return statuses
+
+
+def announce_plan(ctx: RunContext, jobs: list[Job]) -> None:
+    """The progress event that opens a run: the cells and the downstream jobs it will run."""
+    if ctx.progress:
+        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)],
+                     training=[j.name for j in jobs if isinstance(j, TrainCell)],
+                     tasks=[j.name for j in jobs if isinstance(j, TaskUnit)])
 
 
 def _one(job: Job, index: int, ctx: RunContext, state: dict[str, str], unreadable: dict[Path, str]) -> CellStatus:

@@ -278,9 +278,6 @@ def plan_cells(registry: Registry, protocol: Protocol, models: list[str], datase
             b = registry.get("precision", role.name).bits
             shared_bits[b] = shared_bits.get(b, 0) + 1
 
-    def size_of(model: str) -> str | None:
-        return protocol.model_size or registry.get("model", model).default_size
-
     def name_of(model: str, dataset: str, seq_len: int, seed: int, role: PrecisionRole) -> str:
         bits = registry.get("precision", role.name).bits
         name = f"{model}_{dataset}_seq{seq_len}_bits{bits}"
@@ -300,9 +297,9 @@ def plan_cells(registry: Registry, protocol: Protocol, models: list[str], datase
                         cell = Cell(model, dataset, seq_len, role.name, seed)
                         ref = sizing.reference.get(model)
                         source = None if role.trains else trained[(model, role.trained_at)]
-                        plan = CellPlan(cell, name_of(model, dataset, seq_len, seed, role), "", size_of(model),
+                        plan = CellPlan(cell, name_of(model, dataset, seq_len, seed, role), "", model_size(registry, protocol, model),
                                         model_options.get(model, {}), str(data_dir) if data_dir else None, limit_windows,
-                                        ref, size_of(ref) if ref else None, dict(split_map),
+                                        ref, model_size(registry, protocol, ref) if ref else None, dict(split_map),
                                         model_options.get(ref, {}) if ref else {}, dataset_options.get(dataset, {}),
                                         source.name if source else None, source.job_hash if source else None,
                                         quantizer(registry, role.name), role.role, sizing.unmatched.get(model))
@@ -316,8 +313,9 @@ def plan_cells(registry: Registry, protocol: Protocol, models: list[str], datase
     return jobs
 
 
-def dataset_of(job: Job) -> str | None:
-    return job.plan.cell.dataset if isinstance(job, (TrainCell, PrecisionEval)) else None
+def model_size(registry: Registry, protocol: Protocol, model: str) -> str | None:
+    """The size preset ``model`` is built at: ``--model-size``, else the model's default."""
+    return protocol.model_size or registry.get("model", model).default_size
 
 
 # --------------------------------------------------------------------------- the downstream units
@@ -345,10 +343,9 @@ def plan_units(registry: Registry, protocol: Protocol, models: list[str], precis
                     name += f"_bits{registry.get('precision', precision).bits}" + (f"_{precision}" if many_bits else "")
                 if len(protocol.seeds) > 1:
                     name += f"_seed{seed}"
-                size = protocol.model_size or registry.get("model", model).default_size
                 ref = sizing.reference[model]
-                units.append(Unit(name, model, precision, seed, size, options.get(model, {}), ref,
-                                  (protocol.model_size or registry.get("model", ref).default_size) if ref else None,
+                units.append(Unit(name, model, precision, seed, model_size(registry, protocol, model),
+                                  options.get(model, {}), ref, model_size(registry, protocol, ref) if ref else None,
                                   options.get(ref, {}) if ref else {}, unmatched=sizing.unmatched.get(model)))
     return units
 

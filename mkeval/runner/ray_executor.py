@@ -26,8 +26,8 @@ import torch
 from ..errors import UsageError
 from ..results import CellStatus
 from ..threads import choose_threads
-from .executor import RunContext, _one, record_failure, resumable, write_run_summary
-from .plan import Job, Plan, TaskUnit
+from .executor import RunContext, _one, announce_plan, record_failure, resumable, write_run_summary
+from .plan import Job, Plan
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -193,9 +193,7 @@ def _submit_and_wait(ray: Any, plan: Plan, ctx: RunContext, jobs: list[Job], unr
     setup_ref, jobs_ref = ray.put(setup), ray.put(ctx.jobs)
     statuses: dict[str, CellStatus] = {}
     refs: dict[str, Any] = {}
-    if ctx.progress:
-        ctx.progress("plan", cells=[j.name for j in jobs if not isinstance(j, TaskUnit)],
-                     tasks=[j.name for j in jobs if isinstance(j, TaskUnit)])
+    announce_plan(ctx, jobs)
     for index, job in enumerate(jobs):
         if ctx.resume and resumable(job, ctx):  # as the local executor: nothing to submit
             statuses[job.name] = _one(job, index, ctx, {}, {})

@@ -112,10 +112,6 @@ class RunRequest:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def options(cls) -> list[dataclasses.Field]:
-        return list(fields(cls))
-
-    @classmethod
     def from_values(cls, values: dict[str, Any], where: dict[str, str] | None = None) -> "RunRequest":
         """Parsed and checked values (CLI strings, Python values or YAML data); ``where`` names their source."""
         known = {f.name: f for f in fields(cls)}

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..protocol import Protocol
 from ..registry import Registry
 from .executor import RunContext
-from .plan import Job, PrecisionEval, PrecisionRole, TrainCell
+from .plan import Job, PrecisionEval, PrecisionRole, TrainCell, model_size
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -65,10 +65,10 @@ def check_models(registry: Registry, protocol: Protocol, models: list[str], opti
         spec = registry.get("model", name, option=where.get(f"model_options.{name}", "model_options"))
         unknown = [k for k in opts if spec.options is not None and k not in spec.options] if isinstance(opts, dict) else []
         at = where.get(f"model_options.{name}" + (f".{unknown[0]}" if unknown else ""), "model_options")
-        check_model_options(name, protocol.model_size or spec.default_size, opts, at, registry)
+        check_model_options(name, model_size(registry, protocol, name), opts, at, registry)
     for name in models:
         spec = registry.get("model", name)
-        size = protocol.model_size or spec.default_size
+        size = model_size(registry, protocol, name)
         if spec.sizes and size is not None and size not in spec.sizes:
             raise UsageError(f"model_size: model {name!r} has no size {size!r}; its sizes are {', '.join(spec.sizes)}")
         if protocol.grad_checkpointing and not supports_checkpointing(registry, name, size, options.get(name, {})):

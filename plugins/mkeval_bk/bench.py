@@ -3,7 +3,8 @@
 For each sequence length N and each backend, the causal op runs on ``batch x channels``
 independent float32 systems; forward (no grad) and forward+backward are timed with the
 libraries made for it: ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU (its block
-size estimate is the warm-up; ``repeats x 0.1 s`` of timed blocks) and
+size estimate is the warm-up; ``repeats x 0.1 s`` of timed blocks, topped up with single calls
+to at least ``repeats`` samples when a call is longer than that; ``calls`` says how many ran) and
 ``triton.testing.do_bench`` on CUDA (cache flushed between calls). Each time is the median
 with its interquartile range. ``loop`` is the straightforward per-position PyTorch loop
 (``reference.resolvent_diagonal_loop``, differentiated by autograd); speedups are against
@@ -37,6 +38,7 @@ import torch
 
 from .ops import BACKENDS, forced_backend, resolvent_diagonal_real
 from .ops import reference
+from .ops.op import _numba_installed
 
 DEFAULT_SEQ_LENS = (256, 1024, 2048, 4096, 16384, 65536)
 DEFAULT_BATCH = 8
@@ -66,7 +68,7 @@ class Timing:
 
     median_ms: float
     iqr_ms: float
-    calls: int
+    calls: int | None  # None on CUDA: do_bench does not say
 
 
 def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> Timing:
@@ -75,12 +77,16 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> Timi
         from triton.testing import do_bench
 
         median, low, high = do_bench(fn, warmup=10 * repeats, rep=40 * repeats, quantiles=[0.5, 0.25, 0.75])
-        return Timing(median, high - low, 0)  # do_bench does not say how many calls it timed
-    from torch.utils.benchmark import Timer
+        return Timing(median, high - low, None)  # do_bench does not say how many calls it timed
+    from torch.utils.benchmark import Measurement, Timer
 
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=SECONDS_PER_REPEAT * repeats)
-    return Timing(1e3 * m.median, 1e3 * m.iqr, len(m.raw_times) * m.number_per_run)
+    calls = len(m.raw_times) * m.number_per_run
+    if len(m.times) < repeats:  # calls longer than the run time give one sample: time single calls up to repeats
+        extra = [timer.timeit(1) for _ in range(repeats - len(m.times))]
+        m, calls = Measurement.merge([m, *extra])[0], calls + len(extra)
+    return Timing(1e3 * m.median, 1e3 * m.iqr, calls)
 
 
 def op_callables(backend: str, inputs: dict[str, torch.Tensor]) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -165,7 +171,7 @@ def measure(
             row: dict[str, Any] = dict(
                 backend=backend, N=n, batch=batch, channels=channels, threads=torch.get_num_threads(),
                 neighbour=neighbour, fwd_ms=f.median_ms, fwd_iqr_ms=f.iqr_ms, fwd_bwd_ms=fb.median_ms,
-                fwd_bwd_iqr_ms=fb.iqr_ms, calls=f.calls + fb.calls,
+                fwd_bwd_iqr_ms=fb.iqr_ms, calls=None if f.calls is None else f.calls + fb.calls,
             )
             tokens = batch * n
             row["fwd_tokens_per_s"] = tokens / (row["fwd_ms"] * 1e-3)
@@ -200,11 +206,8 @@ def growth_notes(rows: list[dict[str, Any]], short: int = 2048, long: int = 1638
 
 def default_backends(device: torch.device) -> tuple[str, ...]:
     backends = ["loop", "reference", "cpu"]
-    if device.type == "cpu":
-        import importlib.util
-
-        if importlib.util.find_spec("numba") is not None:
-            backends.append("compiled")
+    if device.type == "cpu" and _numba_installed():
+        backends.append("compiled")
     if device.type == "cuda":
         try:
             from .ops import triton_kernels  # noqa: F401
@@ -336,7 +339,7 @@ def run(
     peak, source = peak_bandwidth(dev)
     columns = [
         "backend", "N", "batch", "channels", "threads", "neighbour", "fwd_ms", "fwd_iqr_ms", "fwd_bwd_ms",
-        "fwd_bwd_iqr_ms", "fwd_bwd_tokens_per_s", "speedup_fwd", "speedup_fwd_bwd", "fwd_bwd_vs_loop_fwd",
+        "fwd_bwd_iqr_ms", "calls", "fwd_bwd_tokens_per_s", "speedup_fwd", "speedup_fwd_bwd", "fwd_bwd_vs_loop_fwd",
     ]  # fmt: skip
     if dev.type == "cuda":
         columns += ["fwd_gbps", "fwd_bwd_gbps", "fwd_bwd_pct_peak"]

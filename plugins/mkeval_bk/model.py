@@ -169,7 +169,7 @@ class MoEFeedForward(nn.Module):
         mean_probs = probs.mean((0, 1))
         if self.data_parallel and self.training and torch.is_grad_enabled():  # training: the statistics of the
             # global batch, not of this rank's block of it (evaluation runs no collective: ranks may score unequal batches)
-            share, mean_probs = _mean_over_ranks(share), _mean_over_ranks(mean_probs)
+            share, mean_probs = _mean_over_ranks(torch.stack((share, mean_probs))).unbind(0)  # one collective
         self.aux_loss = self.aux_loss_weight * e * (share * mean_probs).sum()
         return torch.einsum("bne,bned->bnd", gates.to(out.dtype), out)
 

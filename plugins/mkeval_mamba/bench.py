@@ -80,7 +80,7 @@ def _time_steps(step: Callable[[], None], repeats: int, device: torch.device) ->
     from torch.utils.benchmark import Measurement, Timer
 
     timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    warmup = timer.timeit(1)  # on CUDA without a synchronisation: only to spot a very long step
+    warmup = timer.timeit(1)  # only to spot a very long step (torch.utils.benchmark synchronises CUDA)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     if warmup.median > LONG_STEP_S:  # one-time costs are small next to a step this long

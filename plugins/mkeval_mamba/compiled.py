@@ -10,7 +10,7 @@ The forward leaves the elementwise work around the recurrence to the caller (``s
 dt's bias and softplus, ``D u``, the ``silu(z)`` gate), which torch's vectorised ops do
 faster than scalar code here, since u and z are read along time with a stride. The backward
 does the gate's, ``D``'s, softplus's and the bias's gradients itself, a chunk of one channel
-at a time (gathered, then vectorised), so that it needs no PyTorch op over the activations.
+at a time (gathered, then vectorised); the caller only recomputes dt (bias and softplus) in torch.
 
 Time is cut into chunks of ``T`` steps, and the loops run chunk by chunk over a piece of
 channels, so a chunk's ``B`` and ``C`` stay in cache while every channel of the piece uses

@@ -15,9 +15,10 @@ is what runs on CPU, and on GPUs without ``mamba-ssm``: the same maths as one
 ``mamba_ssm``'s kernel, and FLOP formulas for both that count the maths (``docs/flops.md``).
 Its ``kernel`` argument picks how the recurrence runs: ``compiled`` (``compiled.py``, numba;
 CPU tensors, the default there when numba is installed) or ``torch`` (the chunked scan
-below, any device). Both give the reference's result within rounding, keep outputs causal
-bit for bit, and share the elementwise work around the recurrence (dt bias and softplus,
-``D u``, the gate, and their gradients).
+below, any device). Both give the reference's result within rounding and keep outputs causal
+bit for bit. Their forwards share the elementwise work around the recurrence (dt bias and
+softplus, ``D u``, the gate) in torch; the torch kernel's backward does those gradients in torch
+too (``_gate_backward``, ``_input_grads``), the compiled one inside its kernel.
 
 Why hand-written: torch has no linear-recurrence op, and the loop form is slow in both
 directions (``transformers``' CPU path indexes one step at a time, and each index's backward

@@ -42,14 +42,14 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor)
     opt.zero_grad(set_to_none=True)
 
 
-def time_steps(step, repeats: int, device: torch.device) -> tuple[float, float, int]:
+def time_steps(step, repeats: int, device: torch.device) -> tuple[float, float, int | None]:
     """(median, interquartile range) of a step's time in seconds, and how many steps were timed:
     ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` (``repeats`` single steps) on CPU."""
     if device.type == "cuda":
         from triton.testing import do_bench
 
         median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
-        return median / 1e3, (high - low) / 1e3, 0  # do_bench does not say how many it timed
+        return median / 1e3, (high - low) / 1e3, None  # do_bench does not say how many it timed
     from torch.utils.benchmark import Measurement, Timer
 
     timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
@@ -74,8 +74,9 @@ def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.dev
         flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)), registry.flop_formulas)
         _step(model, opt, ids)  # warm-up: allocations, kernel selection
-        with PeakMemory(device) as memory:
-            step, spread, timed = time_steps(lambda: _step(model, opt, ids), repeats, device)
+        with PeakMemory(device) as memory:  # one plain step: do_bench's own 256 MiB cache-flush buffer is not counted
+            _step(model, opt, ids)
+        step, spread, timed = time_steps(lambda: _step(model, opt, ids), repeats, device)
     except torch.OutOfMemoryError:
         return {**row, "status": "out of memory"}
     except RuntimeError as exc:
@@ -125,13 +126,14 @@ def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, mo
     from mkeval.engine.measure import describe_device
 
     notes = [f"{tokens} tokens per batch at every length (batch_size = {tokens} / seq_len); models at size tiny, "
-             f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median (and IQR) of "
-             f"{repeats or DEFAULT_REPEATS} after one warm-up"
-             + (" (triton.testing.do_bench)." if dev.type == "cuda" else f" (torch.utils.benchmark; {threads} threads)."),
+             f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median (and IQR) "
+             + (f"of the steps triton.testing.do_bench fits in {100 * (repeats or DEFAULT_REPEATS)} ms after its own "
+                "warm-up (it does not say how many: steps_timed is null)." if dev.type == "cuda" else
+                f"of {repeats or DEFAULT_REPEATS} after one warm-up (torch.utils.benchmark; {threads} threads)."),
              "per_token_vs_shortest: time per token at this length over the model's time per token at the "
              "shortest length it ran (1.0 = linear cost in length)."]
     if dev.type == "cpu":
-        notes.append("CPU peak memory is the process's resident set sampled during the timed steps: it includes "
+        notes.append("CPU peak memory is the process's resident set sampled during one step: it includes "
                      "the Python and torch runtime and whatever the allocator kept from earlier measurements.")
     return BenchmarkResult(rows=rows, columns=COLUMNS, notes=notes,
                            meta={"device": describe_device(dev), "tokens_per_batch": tokens, "seq_lens": lens,

@@ -3,7 +3,7 @@
 Each dataset reads the official files under ``--data-dir ROOT/<folder>`` when given, and
 otherwise downloads through Hugging Face ``datasets`` (cached; ``HF_DATASETS_OFFLINE`` and
 ``HF_HOME`` are honoured by that library). Tokenization, split mapping, budgets and caching
-are the core's (``mkeval.text``), identical for every corpus.
+are the core's (``mkeval.data.text``), identical for every corpus.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...results import CellResult
-from ...results.aggregate import LMSummary, group_by
+from ...results.aggregate import LMSummary, group_by, seed_stats
 from ..core import Report
 from ..lm import memory_header
 from ..marks import MARK_SYMBOLS
@@ -243,17 +243,12 @@ def draw_cost(report: Report, palette: Palette) -> list[Plot]:
 
 
 def _mean(s: LMSummary, name: str) -> float | None:
-    values = [getattr(r, name) for r in s.cells if _finite(getattr(r, name, None))]
-    return sum(values) / len(values) if values else None
+    return seed_stats([getattr(r, name, None) for r in s.cells]).mean
 
 
 def _flops_per_token(s: LMSummary) -> float | None:
-    values = []
-    for r in s.cells:
-        per_step = _tokens_per_step(r)
-        if per_step and _finite(r.forward_flops) and _finite(r.backward_flops):
-            values.append((r.forward_flops + r.backward_flops) / per_step)
-    return sum(values) / len(values) if values else None
+    return seed_stats([(r.forward_flops + r.backward_flops) / _tokens_per_step(r) for r in s.cells
+                       if _tokens_per_step(r) and _finite(r.forward_flops) and _finite(r.backward_flops)]).mean
 
 
 def draw_effective_context(report: Report, palette: Palette) -> list[Plot]:
@@ -301,5 +296,5 @@ def draw_effective_context(report: Report, palette: Palette) -> list[Plot]:
     return [Plot("effective_context", "Effective context",
                  "How much the best checkpoint's next-token distribution at the last position t of a test window "
                  "changes (mean total variation distance, 0 to 1) when the token d positions back is replaced "
-                 "(mkeval.probes); d = 0 is the token at t itself (symlog axis). Line: mean over seeds; band: "
+                 "(mkeval.engine.probes); d = 0 is the token at t itself (symlog axis). Line: mean over seeds; band: "
                  "min–max over seeds. A model that ignores far tokens falls to 0. " + SIZE_NOTE + ".", fig)]
