@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +95,38 @@ def test_bench_scaling_writes_json_and_png(tmp_path):
     flops = {(r["model"], r["seq_len"]): r["flops_per_token"] for r in data["rows"]}
     assert flops[("transformer", 64)] > flops[("transformer", 32)]
     assert flops[("bk", 64)] == flops[("bk", 32)]
+
+
+def test_scaling_times_the_models_of_a_length_in_turns(monkeypatch):
+    """Timed steps alternate between models, the order rotating each round, so that a machine
+    whose speed drifts during the run slows every model alike; a model that fails while timed
+    is reported as failed and the others go on."""
+    import mkeval_scaling
+    from torch.utils.benchmark.utils.common import Measurement, TaskSpec
+
+    calls = []
+
+    class OneCallTimer:  # torch's Timer also runs warm-up calls; here each measurement is one call
+        def __init__(self, stmt, globals, num_threads):
+            self.step = globals["step"]
+
+        def timeit(self, number):
+            self.step()
+            return Measurement(1, [0.01 * len(calls)], TaskSpec("step()", "pass"))
+
+    def step(model, opt, ids):
+        calls.append(model)
+        if model == "c" and calls.count("c") == 3:  # its warm-up, one timed step; the second fails
+            raise RuntimeError("simulated")
+
+    monkeypatch.setattr(mkeval_scaling, "Timer", OneCallTimer)
+    monkeypatch.setattr(mkeval_scaling, "_build", lambda name, seq_len, batch, device: (name, None, None))
+    monkeypatch.setattr(mkeval_scaling, "_step", step)
+    rows = [{"model": m, "seq_len": 8, "batch_size": 2, "status": "ok"} for m in "abc"]
+    mkeval_scaling.time_models(rows, repeats=4, device=torch.device("cpu"))
+    assert calls == list("abc") + list("abc") + list("bca") + list("ab") + list("ab")  # warm-ups, then 4 rounds
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed: RuntimeError: simulated"]
+    assert rows[0]["steps_timed"] == rows[1]["steps_timed"] == 4
+    a_times = [0.01 * (i + 1) for i, m in enumerate(calls) if m == "a"][1:]  # the fake clock: calls so far
+    assert rows[0]["step_s"] == pytest.approx(float(np.median(a_times)))
+    assert rows[0]["us_per_token"] == pytest.approx(1e6 * rows[0]["step_s"] / 16)

@@ -23,6 +23,7 @@ from .backend import ENV_VAR, BackendUnavailable
 from .bench import run_scan_benchmark
 from .convert import from_transformers, to_transformers
 from .model import MambaConfig, MambaLM
+from .conv import FLOP_FORMULAS as CONV_FLOP_FORMULAS
 from .scan import FLOP_FORMULAS
 
 __all__ = [
@@ -82,7 +83,7 @@ def register_models(register):
 
 @mkeval.hookimpl
 def register_flop_formulas(register):
-    for op, formula in FLOP_FORMULAS.items():
+    for op, formula in {**FLOP_FORMULAS, **CONV_FLOP_FORMULAS}.items():
         register(op, formula)
 
 

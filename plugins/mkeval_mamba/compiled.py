@@ -47,7 +47,8 @@ from numba.extending import intrinsic, overload
 
 from mkeval.threads import share_work
 
-CHANNEL_GROUPS = 4  # slots for the sums over channels in backward (dB, dC): one per group, 4x B's size
+LANES = 64  # channels side by side in the kernels' vectorised loops (a block)
+CHANNEL_GROUPS = 4  # at most: slots for the sums over channels in backward (dB, dC), one per group of blocks
 PARALLEL_MIN_WORK = 1 << 22  # (batch x channels x L x states) below which one thread runs the kernel
 PIECES_PER_THREAD = 4
 _FASTMATH = {"reassoc", "contract", "nsz"}  # sums over states reassociated (vectorised); no nnan / ninf
@@ -135,149 +136,189 @@ def exp_values(x, out):  # pragma: no cover - compiled
 # --------------------------------------------------------------------------- kernels
 @functools.cache
 def kernels(n_states: int):
-    """``(forward_pairs, backward_items)`` for ``n_states`` states. In the forward the state count
-    is a compile-time constant (numba caches one kernel per count), so its loop over the states
-    has a known length and the compiler unrolls and vectorises it whole (25-40% faster at 16
-    states, measured); the backward's loops were faster with the run-time count."""
-    N = n_states
+    """``(forward_blocks, backward_groups)`` for ``n_states`` states. The state count and the block
+    width ``LANES`` are compile-time constants (numba caches one kernel per count), so the loops
+    over a block's channels have a known length and vectorise whole."""
+    N, W = n_states, LANES
 
-    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-    def forward_pairs(dt, u, A, Bt, Ct, T, ys, enter, start, stop):  # pragma: no cover - compiled
-        """``ys = C . h`` for (batch, channel) pairs ``start..stop-1`` (pair = b * channels + d), and
-        ``enter``, the state entering each chunk of ``T`` steps. Chunk by chunk over all the pairs,
-        so that a chunk's B and C stay in cache while every channel uses them (at L = 16384 this
-        order was 15% faster than channel by channel, measured; at L = 1024 they were level)."""
-        n_b, n_d, L = dt.shape
-        h = np.zeros((stop - start, N), dtype=dt.dtype)
-        for c in range((L + T - 1) // T):
-            t0 = c * T
-            t1 = min(L, t0 + T)
-            for p in range(start, stop):
-                bi, di, q = p // n_d, p % n_d, p - start
-                enter[c, bi, di, :] = h[q]
-                for t in range(t0, t1):
-                    step = dt[bi, di, t]
-                    x = step * u[bi, di, t]
-                    acc = dt.dtype.type(0.0)
-                    for k in range(N):
-                        hk = _exp(step * A[di, k]) * h[q, k] + x * Bt[bi, t, k]
-                        h[q, k] = hk
-                        acc += Ct[bi, t, k] * hk
-                    ys[bi, di, t] = acc
-
-    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-    def backward_items(dt, delta, u, A, Bt, Ct, D, z, y, dout, enter, T, softplus,
-                        du, ddelta, dz, dA, dB, dC, dD, dbias, start, stop):  # pragma: no cover - compiled
-        """Gradients for items ``start..stop-1``, item = b * CHANNEL_GROUPS + group.
-
-        ``delta``: dt before softplus (bias added); ``dout``: the gradient of ``out``. Writes
-        ``du, ddelta, dz`` (batch, channels, L); ``dA`` (batch, channels, states), ``dD, dbias``
-        (batch, channels), summed over batch by the caller; ``dB, dC`` (CHANNEL_GROUPS, batch, L,
-        states), summed over groups by the caller.
-        """
-        n_b, n_d, L = dt.shape
-        Nr = A.shape[1]  # a run-time count: with the constant, the backward ran 30% slower (measured)
-        has_D, has_z = D.shape[0] > 0, z.shape[0] > 0
-        n_chunks = (L + T - 1) // T
-        per = (n_d + CHANNEL_GROUPS - 1) // CHANNEL_GROUPS
-        H = np.empty((T + 1, Nr), dtype=dt.dtype)  # H[0]: state entering the chunk, H[j + 1]: h at t0 + j
-        E = np.empty((T, Nr), dtype=dt.dtype)  # decays exp(dt A) of the chunk's steps
-        # one channel's values over the chunk's steps, gathered (u, z, ... are read along time,
-        # strided) so that the elementwise passes over them vectorise, exp included
-        DT, U, DL = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
-        GY, W = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
-        GU, GD = np.empty(T, dtype=dt.dtype), np.empty(T, dtype=dt.dtype)
+    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    def forward_blocks(dt, u, At, Bt, Ct, Dv, z, T, out, y, enter, start, stop):  # pragma: no cover - compiled
+        """Blocks ``start..stop-1`` (block = b * blocks per row + i: channels ``i W .. i W + W - 1`` of
+        batch row b): ``out`` (and, with z, ``y``) and ``enter``, the state entering each chunk of
+        ``T`` steps. Inputs are (batch, L, channels) but ``At`` (states, channels) and ``Bt, Ct``
+        (batch, L, states); ``Dv`` and ``z`` may be empty (absent)."""
+        n_b, L, dp = dt.shape
+        n_blk = dp // W
+        has_D, has_z = Dv.shape[0] > 0, z.shape[0] > 0
         one = dt.dtype.type(1.0)
+        # the block's values in arrays of the kernel's own, so that the vectorised loops read few
+        # argument arrays (fewer run-time overlap checks)
+        h = np.empty((N, W), dtype=dt.dtype)
+        a_blk = np.empty((N, W), dtype=dt.dtype)
+        s, x, acc = np.empty(W, dtype=dt.dtype), np.empty(W, dtype=dt.dtype), np.empty(W, dtype=dt.dtype)
         for item in range(start, stop):
-            bi, grp = item // CHANNEL_GROUPS, item % CHANNEL_GROUPS
-            d0, d1 = grp * per, min(n_d, (grp + 1) * per)
-            if d0 >= d1:
-                continue
-            g = np.zeros((d1 - d0, Nr), dtype=dt.dtype)  # adjoint dL/dh at the step after the chunk
-            nxt = np.zeros((d1 - d0, Nr), dtype=dt.dtype)  # the decay of that step (0 past the end)
-            ga_sum = np.zeros((d1 - d0, Nr), dtype=dt.dtype)
+            bi, d0 = item // n_blk, (item % n_blk) * W
+            for k in range(N):
+                ar = At[k, d0:d0 + W]
+                for l in range(W):
+                    a_blk[k, l] = ar[l]
+                    h[k, l] = 0.0
+            for t in range(L):
+                if t % T == 0:
+                    ent = enter[t // T, bi, d0:d0 + W]
+                    for l in range(W):
+                        for k in range(N):
+                            ent[l, k] = h[k, l]
+                # rows are sliced before indexing: an index computed from the block's start
+                # would be checked for wraparound at each access, which stops vectorisation
+                dr, ur = dt[bi, t, d0:d0 + W], u[bi, t, d0:d0 + W]
+                for l in range(W):
+                    s[l] = dr[l]
+                    x[l] = s[l] * ur[l]
+                    acc[l] = 0.0
+                br, cr = Bt[bi, t], Ct[bi, t]
+                for k in range(N):
+                    bk, ck = br[k], cr[k]
+                    for l in range(W):
+                        hk = _exp(s[l] * a_blk[k, l]) * h[k, l] + x[l] * bk
+                        h[k, l] = hk
+                        acc[l] += ck * hk
+                if has_D:
+                    Dr = Dv[d0:d0 + W]
+                    for l in range(W):
+                        acc[l] += Dr[l] * ur[l]
+                orow = out[bi, t, d0:d0 + W]
+                if has_z:  # out = y silu(z) = y z / (1 + exp(-z))
+                    zr, yr = z[bi, t, d0:d0 + W], y[bi, t, d0:d0 + W]
+                    for l in range(W):
+                        yr[l] = acc[l]
+                        orow[l] = acc[l] * zr[l] / (one + _exp(-zr[l]))
+                else:
+                    for l in range(W):
+                        orow[l] = acc[l]
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    def backward_groups(dt, delta, u, At, Bt, Ct, Dv, z, y, dout, enter, T, softplus,
+                        du, ddelta, dz, dA, dB, dC, dD, dbias, start, stop):  # pragma: no cover - compiled
+        """Gradients for items ``start..stop-1``, item = b * groups + group; a group is a run of
+        blocks (``dB.shape[0]`` groups per batch row). Layouts as in ``forward_blocks``; ``delta``:
+        dt before softplus (bias added); ``dout``: the gradient of ``out``. Writes ``du, ddelta,
+        dz``; ``dA`` (batch, channels, states), ``dD, dbias`` (batch, channels), summed over batch
+        by the caller; ``dB, dC`` (groups, batch, L, states), zero on entry, summed over groups by the
+        caller (a group's blocks add their sums over channels to its slot in turn)."""
+        n_b, L, dp = dt.shape
+        n_blk = dp // W
+        G = dB.shape[0]
+        has_D, has_z = Dv.shape[0] > 0, z.shape[0] > 0
+        n_chunks = (L + T - 1) // T
+        zero, one, big = dt.dtype.type(0.0), dt.dtype.type(1.0), dt.dtype.type(20.0)
+        H = np.empty((T + 1, N, W), dtype=dt.dtype)  # H[0]: state entering the chunk, H[j + 1]: h at t0 + j
+        E = np.empty((T, N, W), dtype=dt.dtype)  # decays exp(dt A) of the chunk's steps
+        S, X, GY = np.empty((T, W), dtype=dt.dtype), np.empty((T, W), dtype=dt.dtype), np.empty((T, W), dtype=dt.dtype)
+        a_blk = np.empty((N, W), dtype=dt.dtype)
+        D_blk = np.zeros(W, dtype=dt.dtype)
+        gdtu, gdt = np.empty(W, dtype=dt.dtype), np.empty(W, dtype=dt.dtype)
+        for item in range(start, stop):
+            bi, grp = item // G, item % G
+            b0, b1 = grp * n_blk // G, (grp + 1) * n_blk // G
+            nb = b1 - b0
+            g = np.zeros((nb, N, W), dtype=dt.dtype)  # adjoint dL/dh at the step after the chunk
+            nxt = np.zeros((nb, N, W), dtype=dt.dtype)  # the decay of that step (0 past the end)
+            ga_sum = np.zeros((nb, N, W), dtype=dt.dtype)
+            sD, sbias = np.zeros((nb, W), dtype=dt.dtype), np.zeros((nb, W), dtype=dt.dtype)
             for c in range(n_chunks - 1, -1, -1):
                 t0 = c * T
-                t1 = min(L, t0 + T)
-                for di in range(d0, d1):
-                    ci = di - d0
-                    nt = t1 - t0
-                    for j in range(nt):
-                        DT[j] = dt[bi, di, t0 + j]
-                        U[j] = u[bi, di, t0 + j]
-                        GY[j] = dout[bi, di, t0 + j]
-                    # through the gate and D u: dL/dy, dL/dz, dL/dD
-                    if has_z:
-                        for j in range(nt):
-                            W[j] = z[bi, di, t0 + j]
-                            DL[j] = y[bi, di, t0 + j]
-                        for j in range(nt):
-                            zt = W[j]
-                            sig = one / (one + _exp(-zt))
-                            W[j] = GY[j] * DL[j] * sig * (one + zt * (one - sig))  # dL/dz
-                            GY[j] = GY[j] * zt * sig
-                        for j in range(nt):
-                            dz[bi, di, t0 + j] = W[j]
+                nt = min(L, t0 + T) - t0
+                for bl in range(nb):
+                    d0 = (b0 + bl) * W
+                    gb, nb_, gab = g[bl], nxt[bl], ga_sum[bl]
+                    for k in range(N):
+                        ar = At[k, d0:d0 + W]
+                        for l in range(W):
+                            a_blk[k, l] = ar[l]
                     if has_D:
-                        acc = dt.dtype.type(0.0)
-                        for j in range(nt):
-                            acc += GY[j] * U[j]
-                        dD[bi, di] += acc
-                    # recompute the chunk's states from the one entering it
-                    H[0, :] = enter[c, bi, di, :]
+                        Dr = Dv[d0:d0 + W]
+                        for l in range(W):
+                            D_blk[l] = Dr[l]
+                    # gather the chunk's steps; through the gate and D u: dL/dy, dL/dz, dL/dD
                     for j in range(nt):
                         t = t0 + j
-                        step = DT[j]
-                        x = step * U[j]
-                        for k in range(Nr):
-                            a = _exp(step * A[di, k])
-                            E[j, k] = a
-                            H[j + 1, k] = a * H[j, k] + x * Bt[bi, t, k]
+                        dr, ur, gr = dt[bi, t, d0:d0 + W], u[bi, t, d0:d0 + W], dout[bi, t, d0:d0 + W]
+                        for l in range(W):
+                            S[j, l] = dr[l]
+                            X[j, l] = dr[l] * ur[l]
+                            GY[j, l] = gr[l]
+                        if has_z:
+                            zr, yr, dzr = z[bi, t, d0:d0 + W], y[bi, t, d0:d0 + W], dz[bi, t, d0:d0 + W]
+                            for l in range(W):
+                                zl = zr[l]
+                                sig = one / (one + _exp(-zl))
+                                gy = GY[j, l]
+                                dzr[l] = gy * yr[l] * sig * (one + zl * (one - sig))
+                                GY[j, l] = gy * zl * sig
+                        if has_D:
+                            for l in range(W):
+                                sD[bl, l] += GY[j, l] * ur[l]
+                    # recompute the chunk's states from the one entering it
+                    ent = enter[c, bi, d0:d0 + W]
+                    for l in range(W):
+                        for k in range(N):
+                            H[0, k, l] = ent[l, k]
+                    for j in range(nt):
+                        br = Bt[bi, t0 + j]
+                        for k in range(N):
+                            bk = br[k]
+                            for l in range(W):
+                                a = _exp(S[j, l] * a_blk[k, l])
+                                E[j, k, l] = a
+                                H[j + 1, k, l] = a * H[j, k, l] + X[j, l] * bk
+                    # the adjoint g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1}, backwards through the chunk
                     for j in range(nt - 1, -1, -1):
                         t = t0 + j
-                        gy, step, ut = GY[j], DT[j], U[j]
-                        x = step * ut
-                        # four short loops over the states, not one: each has few enough arrays
-                        # for the compiler to vectorise it
-                        for k in range(Nr):
-                            g[ci, k] = gy * Ct[bi, t, k] + nxt[ci, k] * g[ci, k]  # dL/dh_t, via y_t and h_{t+1}
-                        for k in range(Nr):
-                            dC[grp, bi, t, k] += H[j + 1, k] * gy
-                            dB[grp, bi, t, k] += g[ci, k] * x
-                        gdtu = dt.dtype.type(0.0)
-                        for k in range(Nr):
-                            gdtu += g[ci, k] * Bt[bi, t, k]
-                        gdt = dt.dtype.type(0.0)
-                        for k in range(Nr):
-                            ga = g[ci, k] * H[j, k] * E[j, k]  # dL/d(dt A)_t
-                            ga_sum[ci, k] += ga * step
-                            gdt += ga * A[di, k]
-                            nxt[ci, k] = E[j, k]
-                        GU[j] = gdtu
-                        GD[j] = gdt + gdtu * ut
-                    # du, and through softplus and the bias: elementwise over the chunk
-                    for j in range(nt):
-                        GU[j] = GU[j] * DT[j]
-                    if has_D:
-                        for j in range(nt):
-                            GU[j] += GY[j] * D[di]
-                    for j in range(nt):
-                        du[bi, di, t0 + j] = GU[j]
-                    if softplus:  # softplus' = sigmoid, and 1 where F.softplus is linear (x > 20)
-                        for j in range(nt):
-                            DL[j] = delta[bi, di, t0 + j]
-                        for j in range(nt):
-                            xt = DL[j]
-                            GD[j] = GD[j] * (one / (one + _exp(-xt))) if xt <= 20 else GD[j]
-                    acc = dt.dtype.type(0.0)
-                    for j in range(nt):
-                        ddelta[bi, di, t0 + j] = GD[j]
-                        acc += GD[j]
-                    dbias[bi, di] += acc
-            for di in range(d0, d1):
-                dA[bi, di, :] = ga_sum[di - d0]
+                        for l in range(W):
+                            gdtu[l] = 0.0
+                            gdt[l] = 0.0
+                        br, cr = Bt[bi, t], Ct[bi, t]
+                        dcr, dbr = dC[grp, bi, t], dB[grp, bi, t]
+                        for k in range(N):
+                            ck, bk = cr[k], br[k]
+                            sc, sb = zero, zero
+                            for l in range(W):
+                                gg = GY[j, l] * ck + nb_[k, l] * gb[k, l]  # dL/dh_t, via y_t and h_{t+1}
+                                gb[k, l] = gg
+                                sc += H[j + 1, k, l] * GY[j, l]
+                                sb += gg * X[j, l]
+                                gdtu[l] += gg * bk
+                                ga = gg * H[j, k, l] * E[j, k, l]  # dL/d(dt A)_t
+                                gab[k, l] += ga * S[j, l]
+                                gdt[l] += ga * a_blk[k, l]
+                                nb_[k, l] = E[j, k, l]
+                            dcr[k] += sc
+                            dbr[k] += sb
+                        # du, and through softplus (its derivative is sigmoid, and 1 where
+                        # F.softplus is linear, x > 20) and the bias
+                        ur, dur, ddr = u[bi, t, d0:d0 + W], du[bi, t, d0:d0 + W], ddelta[bi, t, d0:d0 + W]
+                        for l in range(W):
+                            dur[l] = gdtu[l] * S[j, l] + GY[j, l] * D_blk[l]
+                            ddr[l] = gdt[l] + gdtu[l] * ur[l]
+                        if softplus:
+                            xr = delta[bi, t, d0:d0 + W]
+                            for l in range(W):
+                                xl = xr[l]
+                                sg = one / (one + _exp(-xl))
+                                ddr[l] = ddr[l] * sg if xl <= big else ddr[l]
+                        for l in range(W):
+                            sbias[bl, l] += ddr[l]
+            for bl in range(nb):
+                d0 = (b0 + bl) * W
+                dAr, dDr, dbr = dA[bi, d0:d0 + W], dD[bi, d0:d0 + W], dbias[bi, d0:d0 + W]
+                for l in range(W):
+                    for k in range(N):
+                        dAr[l, k] = ga_sum[bl, k, l]
+                    dDr[l] = sD[bl, l]
+                    dbr[l] = sbias[bl, l]
 
-    return forward_pairs, backward_items
+    return forward_blocks, backward_groups
 
 
 # --------------------------------------------------------------------------- launchers
@@ -290,53 +331,94 @@ def _share(kernel, n_items: int, work: int, *args) -> None:
     share_work(lambda start, stop: kernel(*args, start, stop), n_items, threads, piece)
 
 
-def _np(t: torch.Tensor | None, dtype: torch.dtype, ndim: int = 3) -> np.ndarray:
-    """``t`` in ``dtype`` as a numpy array (any strides: the kernels index, they do not assume a
-    layout), or an empty ``ndim``-d array for an absent input."""
+def padded(d: int) -> int:
+    """Channels rounded up to whole blocks of ``LANES``."""
+    return -(-d // LANES) * LANES
+
+
+def lanes_last(b: int, d: int, length: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """An empty (batch, d, L) tensor stored as (batch, L, d): the layout of the kernels' results."""
+    return torch.empty((b, length, d), dtype=dtype, device=device).transpose(1, 2)
+
+
+def _lanes(t: torch.Tensor | None, ct: torch.dtype, dp: int) -> np.ndarray:
+    """(batch, channels, L) -> C-contiguous (batch, L, dp) in ``ct``, channels zero-padded to ``dp``;
+    no copy when ``t`` is already stored so (as the mixer's dt, gate gradient and dout are)."""
     if t is None:
-        return torch.empty((0,) * ndim, dtype=dtype).numpy()
-    return t.detach().to(dtype).numpy()
+        return torch.empty((0, 0, 0), dtype=ct).numpy()
+    tl = t.detach().transpose(1, 2).to(ct)
+    if tl.shape[2] == dp and tl.is_contiguous():
+        return tl.numpy()
+    buf = torch.zeros((tl.shape[0], tl.shape[1], dp), dtype=ct)
+    buf[:, :, : tl.shape[2]] = tl
+    return buf.numpy()
 
 
-def _rows(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    """(batch, states, L) -> contiguous (batch, L, states): a step's states side by side."""
-    return t.detach().to(dtype).transpose(1, 2).contiguous().numpy()
+def _channels(t: torch.Tensor | None, ct: torch.dtype, dp: int, ndim: int = 1) -> np.ndarray:
+    """A per-channel tensor (channels first: D, or A transposed) zero-padded to ``dp`` channels."""
+    if t is None:
+        return torch.empty((0,) * ndim, dtype=ct).numpy()
+    t = t.detach().to(ct)
+    out = torch.zeros((*t.shape[:-1], dp), dtype=ct)
+    out[..., : t.shape[-1]] = t
+    return out.numpy()
 
 
-def forward(dt, u, A, B, C, chunk: int):
-    """``(ys, enter)`` in ``dt``'s (compute) dtype: ``ys = C . h`` (batch, channels, L) and the state
-    entering each chunk of ``chunk`` steps, (chunks, batch * channels * states). ``dt`` is the
-    step (bias and softplus applied); B and C are (batch, states, L). ``D u`` and the gate are
-    left to the caller: torch's vectorised elementwise ops do them several times faster than
-    scalar code here, where u and z are read along time."""
+def _rows(t: torch.Tensor, ct: torch.dtype) -> np.ndarray:
+    """(batch, states, L) -> C-contiguous (batch, L, states): a step's states side by side."""
+    tl = t.detach().transpose(1, 2).to(ct)
+    return (tl if tl.is_contiguous() else tl.contiguous()).numpy()
+
+
+def _result(buf: torch.Tensor, d: int) -> torch.Tensor:
+    """A (batch, L, dp) kernel result as the (batch, d, L) tensor, stored lanes-last."""
+    if buf.shape[2] != d:
+        buf = buf[:, :, :d].contiguous()
+    return buf.transpose(1, 2)
+
+
+def forward(dt, u, A, B, C, D, z, chunk: int):
+    """``(out, enter, y)`` in ``dt``'s (compute) dtype: the scan's output (batch, channels, L), the
+    state entering each chunk of ``chunk`` steps, (chunks, batch * channels * states), and (with
+    ``z``; else None) the output before the gate. ``dt`` is the step (bias and softplus applied); B
+    and C are (batch, states, L). Results are stored lanes-last (``lanes_last``)."""
     ct = dt.dtype
     b, d, L = dt.shape
     n = A.shape[1]
+    dp = padded(d)
     n_chunks = -(-L // chunk)
-    ys = torch.empty((b, d, L), dtype=ct)
-    enter = torch.empty((n_chunks, b, d, n), dtype=ct)
-    args = (_np(dt, ct), _np(u, ct), _np(A, ct), _rows(B, ct), _rows(C, ct), chunk, ys.numpy(), enter.numpy())
-    _share(kernels(n)[0], b * d, b * d * L * n, *args)
-    return ys, enter.view(n_chunks, b * d * n)
+    out = torch.empty((b, L, dp), dtype=ct)
+    y = torch.empty((b, L, dp) if z is not None else (0, 0, 0), dtype=ct)
+    enter = torch.empty((n_chunks, b, dp, n), dtype=ct)
+    args = (_lanes(dt, ct, dp), _lanes(u, ct, dp), _channels(A.t(), ct, dp, 2), _rows(B, ct), _rows(C, ct),
+            _channels(D, ct, dp), _lanes(z, ct, dp), chunk, out.numpy(), y.numpy(), enter.numpy())
+    _share(kernels(n)[0], b * (dp // LANES), b * dp * L * n, *args)
+    if dp != d:
+        enter = enter[:, :, :d].contiguous()
+    return _result(out, d), enter.view(n_chunks, b * d * n), (_result(y, d) if z is not None else None)
 
 
 def backward(dt, delta, softplus: bool, u, A, B, C, D, z, y, dout, enter, chunk: int):
     """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias)`` of ``sum(dout * out)`` through
-    ``forward``, in ``dt``'s dtype; ``delta`` is dt before softplus; dB and dC come as
-    (batch, states, L), like B and C; dD and dz are None when D and z are."""
+    ``forward``, in ``dt``'s dtype; ``delta`` is dt before softplus; dD and dz are None when D and
+    z are. Tensors of the inputs' shapes are stored lanes-last, as ``forward``'s results."""
     ct = dt.dtype
     b, d, L = dt.shape
     n = A.shape[1]
+    dp = padded(d)
+    groups = min(CHANNEL_GROUPS, dp // LANES)
     new = lambda *shape: torch.empty(shape, dtype=ct)  # noqa: E731
-    du, ddelta = new(b, d, L), new(b, d, L)
-    dz = new(b, d, L) if z is not None else new(0, 0, 0)
-    dA = new(b, d, n)
-    dD, dbias = torch.zeros((b, d), dtype=ct), torch.zeros((b, d), dtype=ct)
-    dB = torch.zeros((CHANNEL_GROUPS, b, L, n), dtype=ct)
-    dC = torch.zeros((CHANNEL_GROUPS, b, L, n), dtype=ct)
-    args = (_np(dt, ct), _np(delta, ct), _np(u, ct), _np(A, ct), _rows(B, ct), _rows(C, ct), _np(D, ct, 1), _np(z, ct),
-            _np(y if z is not None else None, ct), _np(dout, ct), _np(enter.view(-1, b, d, n), ct), chunk, softplus,
+    du, ddelta = new(b, L, dp), new(b, L, dp)
+    dz = new(b, L, dp) if z is not None else new(0, 0, 0)
+    dA, dD, dbias = new(b, dp, n), new(b, dp), new(b, dp)
+    dB, dC = torch.zeros((groups, b, L, n), dtype=ct), torch.zeros((groups, b, L, n), dtype=ct)
+    ent = enter.view(-1, b, d, n).to(ct)
+    if dp != d:
+        ent = torch.nn.functional.pad(ent, (0, 0, 0, dp - d))
+    args = (_lanes(dt, ct, dp), _lanes(delta, ct, dp), _lanes(u, ct, dp), _channels(A.t(), ct, dp, 2), _rows(B, ct),
+            _rows(C, ct), _channels(D, ct, dp), _lanes(z, ct, dp), _lanes(y if z is not None else None, ct, dp),
+            _lanes(dout, ct, dp), ent.contiguous().numpy(), chunk, softplus,
             du.numpy(), ddelta.numpy(), dz.numpy(), dA.numpy(), dB.numpy(), dC.numpy(), dD.numpy(), dbias.numpy())
-    _share(kernels(n)[1], b * CHANNEL_GROUPS, b * d * L * n, *args)
-    return (du, ddelta, dA.sum(0), dB.sum(0).transpose(1, 2), dC.sum(0).transpose(1, 2),
-            dD.sum(0) if D is not None else None, dz if z is not None else None, dbias.sum(0))
+    _share(kernels(n)[1], b * groups, b * dp * L * n, *args)
+    return (_result(du, d), _result(ddelta, d), dA.sum(0)[:d], dB.sum(0).transpose(1, 2), dC.sum(0).transpose(1, 2),
+            dD.sum(0)[:d] if D is not None else None, _result(dz, d) if z is not None else None, dbias.sum(0)[:d])

@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import backend as backends
+from .conv import causal_conv1d_silu
 from .scan import selective_scan, selective_scan_ref
 
 
@@ -70,12 +71,21 @@ class Mixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, backend: str) -> torch.Tensor:
         length = hidden.shape[1]
-        xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2 d_inner, L)
-        x, z = xz.chunk(2, dim=1)
+        if backend == "compiled":
+            # x and z as two products, each (batch, L, d_inner) and contiguous, the compiled kernels'
+            # layout; one product and its halves would make autograd join their gradients (a copy)
+            weights = self.in_proj.weight.chunk(2)
+            biases = (None, None) if self.in_proj.bias is None else self.in_proj.bias.chunk(2)
+            x, z = (F.linear(hidden, w, b).transpose(1, 2) for w, b in zip(weights, biases))
+        else:
+            xz = self.in_proj(hidden).transpose(1, 2)  # (batch, 2 d_inner, L)
+            x, z = xz.chunk(2, dim=1)
         if backend == "cuda":
             kernels = backends.cuda_kernels()
             weight = self.conv1d.weight.squeeze(1)
             x = kernels.causal_conv1d_fn(x.contiguous(), weight, self.conv1d.bias, activation="silu")
+        elif backend == "compiled":  # the same maths in one compiled op, stored lanes-last like xz
+            x = causal_conv1d_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
         else:
             x = F.silu(self.conv1d(x)[..., :length])  # padding both sides, keep the causal part
         n = self.config.d_state

@@ -267,17 +267,14 @@ def _compiled(u):
 
 
 def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
-    """As ``_scan_forward``, with the recurrence in ``compiled.py``; ``enter`` has the same layout.
-    The elementwise work around it (dt's bias and softplus, ``D u``, the gate) stays in torch,
-    whose vectorised kernels do it faster than scalar compiled code."""
+    """As ``_scan_forward``, with the recurrence, ``D u`` and the gate in ``compiled.py``; ``enter``
+    has the same layout. dt's bias and softplus stay in torch. Results are stored lanes-last
+    (``compiled.lanes_last``), the layout of the mixer's projections."""
     ct = _compute_dtype(u.dtype)
     dt = _delta_full(delta, delta_bias, ct)
     dt = F.softplus(dt) if delta_softplus else dt
-    y, enter = _compiled(u).forward(dt, u, A, B, C, chunk_size)
-    if D is not None:
-        y = torch.addcmul(y, u.to(ct), D[:, None].to(ct))
-    out = y if z is None else y * F.silu(z.to(ct))
-    return out.to(u.dtype), enter, y
+    out, enter, y = _compiled(u).forward(dt, u, A, B, C, D, z, chunk_size)
+    return out.to(u.dtype), enter, out if y is None else y
 
 
 def _compiled_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size):
@@ -293,8 +290,8 @@ def _compiled_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, 
         du.to(u.dtype),
         ddelta.to(delta.dtype),
         dA.to(A.dtype),
-        dB.to(B.dtype).contiguous(),
-        dC.to(C.dtype).contiguous(),
+        dB.to(B.dtype),
+        dC.to(C.dtype),
         None if D is None else dD.to(D.dtype),
         None if z is None else dz.to(z.dtype),
         None if delta_bias is None else dbias.to(delta_bias.dtype),
@@ -310,7 +307,8 @@ def _compiled_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, 
 # opaque to torch.compile. For the torch kernel their fake kernels are the real code run on fake
 # tensors, so fake and real outputs have the same strides, and the layers around the scan get
 # the same layouts (and so the same rounding) as when the code ran as a Function; the compiled
-# kernel returns contiguous tensors, and its fake kernels say so. An absent optional result is
+# kernel stores its (batch, ·, L) results lanes-last, and its fake kernels say so (both checked
+# by ``torch.library.opcheck`` in the tests). An absent optional result is
 # an empty tensor (an op returns tensors, not None).
 def _forward_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, kernel="torch"):
     run = _compiled_forward if kernel == "compiled" else _scan_forward
@@ -330,15 +328,23 @@ def _fake_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_siz
     ct = _compute_dtype(u.dtype)
     b, d, length = u.shape
     n_chunks = -(-length // chunk_size)
-    y = u.new_empty((b, d, length), dtype=ct) if z is not None else u.new_empty(0, dtype=ct)
-    return u.new_empty(u.shape), u.new_empty((n_chunks, b * d * A.shape[1]), dtype=ct), y
+    y = _lanes_last(u, d, ct) if z is not None else u.new_empty(0, dtype=ct)
+    return _lanes_last(u, d, u.dtype), u.new_empty((n_chunks, b * d * A.shape[1]), dtype=ct), y
+
+
+def _lanes_last(like, rows, dtype):
+    """An empty (batch, rows, L) tensor stored as (batch, L, rows), as the compiled kernel's results."""
+    return like.new_empty((like.shape[0], like.shape[2], rows), dtype=dtype).transpose(1, 2)
 
 
 def _fake_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size, kernel="torch"):
     if kernel != "compiled":
         return _backward_op(grad_out, u, delta, A, B, C, D, z, delta_bias, enter, y, delta_softplus, chunk_size)
-    return tuple(u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in (u, delta, A, B, C, D, z, delta_bias))
+    d, n = A.shape
+    return (_lanes_last(u, d, u.dtype), _lanes_last(u, d, delta.dtype), A.new_empty(A.shape),
+            _lanes_last(u, n, B.dtype), _lanes_last(u, n, C.dtype), u.new_empty(0) if D is None else D.new_empty(D.shape),
+            u.new_empty(0) if z is None else _lanes_last(u, d, z.dtype),
+            u.new_empty(0) if delta_bias is None else delta_bias.new_empty(delta_bias.shape))
 
 
 @torch.library.custom_op("mkeval_mamba::selective_scan", mutates_args=())

@@ -5,6 +5,9 @@ tokens per batch / length), so a model whose cost is linear in length keeps a fl
 token. Per model and length: step time (forward, next-token loss, backward, AdamW update;
 median of ``repeats`` timed steps after one untimed warm-up), tokens per second, time per
 token, peak memory, and FLOPs per token (``FlopCounterMode``, with the plugins' formulas).
+Lengths are taken one at a time, and at each the models' timed steps take turns
+(``time_models``), so that ratios between models are not skewed by a machine whose speed drifts
+during the run; peak memory and FLOPs are measured with each model alone in memory.
 A length a model declares it cannot take (``ModelSpec.max_seq_len``), or that runs out of
 memory, is reported as such and the sweep goes on. ``plot`` draws the figure (PNG).
 
@@ -22,13 +25,14 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.utils.benchmark import Measurement, Timer
 
 import mkeval
 from mkeval import BenchmarkResult, BenchmarkSpec, UsageError
 
 DEFAULT_SEQ_LENS = (256, 1024, 4096, 16384)
 DEFAULT_MODELS = ("bk", "mamba", "transformer")
-DEFAULT_REPEATS = 3
+DEFAULT_REPEATS = 5
 VOCAB_SIZE = 256
 COLUMNS = ["model", "seq_len", "batch_size", "status", "backend", "step_s", "step_iqr_s", "tokens_per_s",
            "us_per_token", "per_token_vs_shortest", "peak_memory_mb", "flops_per_token"]
@@ -42,24 +46,33 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor)
     opt.zero_grad(set_to_none=True)
 
 
-def time_steps(step, repeats: int, device: torch.device) -> tuple[float, float, int | None]:
-    """(median, interquartile range) of a step's time in seconds, and how many steps were timed:
-    ``triton.testing.do_bench`` on CUDA, ``torch.utils.benchmark`` (``repeats`` single steps) on CPU."""
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
-        return median / 1e3, (high - low) / 1e3, None  # do_bench does not say how many it timed
-    from torch.utils.benchmark import Measurement, Timer
-
-    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    m = Measurement.merge([timer.timeit(1) for _ in range(repeats)])[0]
-    return m.median, m.iqr, len(m.times)
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "out of memory"
+    if isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in ("out of memory", "can't allocate memory")):
+        return "out of memory"
+    return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
-def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.device) -> dict[str, Any]:
-    from mkeval.engine.measure import PeakMemory, count_step_flops
+def _build(name: str, seq_len: int, batch: int, device: torch.device):
     from mkeval.engine.models import build_model
+
+    model = build_model(name, VOCAB_SIZE, seq_len, size="tiny", seed=0).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, VOCAB_SIZE, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0)).to(device)
+    return model, opt, ids
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(name: str, seq_len: int, batch: int, device: torch.device) -> dict[str, Any]:
+    """A model's row at one length without its time: status, backend, FLOPs and peak memory per
+    token, with the model alone in memory (built, measured and freed)."""
+    from mkeval.engine.measure import PeakMemory, count_step_flops
 
     registry = mkeval.get_registry()
     spec = registry.get("model", name, option="--models")
@@ -67,33 +80,68 @@ def measure(name: str, seq_len: int, batch: int, repeats: int, device: torch.dev
     if spec.max_seq_len is not None and seq_len > spec.max_seq_len:
         return {**row, "status": f"unsupported: {name} declares at most {spec.max_seq_len} tokens"}
     try:
-        model = build_model(name, VOCAB_SIZE, seq_len, size="tiny", seed=0).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        gen = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, VOCAB_SIZE, (batch, seq_len + 1), generator=gen).to(device)
+        model, opt, ids = _build(name, seq_len, batch, device)
         flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)), registry.flop_formulas)
         _step(model, opt, ids)  # warm-up: allocations, kernel selection
         with PeakMemory(device) as memory:  # one plain step: do_bench's own 256 MiB cache-flush buffer is not counted
             _step(model, opt, ids)
-        step, spread, timed = time_steps(lambda: _step(model, opt, ids), repeats, device)
-    except torch.OutOfMemoryError:
-        return {**row, "status": "out of memory"}
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower():
-            return {**row, "status": "out of memory"}
-        return {**row, "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
+        backend = getattr(model, "backend", None)
     except Exception as exc:  # one model failing at one length must not stop the sweep
-        return {**row, "status": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
+        return {**row, "status": _failure(exc)}
     finally:
-        gc.collect()
+        model = opt = ids = None
+        _release(device)
+    return {**row, "status": "ok", "backend": backend, "peak_memory_mb": memory.peak_mb,
+            "flops_per_token": (flops.forward + flops.backward) / (batch * seq_len), "memory_method": memory.method}
+
+
+def time_models(rows: list[dict[str, Any]], repeats: int, device: torch.device) -> None:
+    """Time the steps of the models of ``rows`` (one length, status ok) and add the figures to
+    their rows. On CPU the timed steps take turns, round after round (``torch.utils.benchmark``,
+    one step per measurement, the order rotated each round), so that a machine whose speed
+    drifts slows every model alike and the ratios between them hold; on CUDA each model gets
+    ``triton.testing.do_bench`` in turn."""
+    steps, times = {}, {}
+    for row in rows:
+        try:
+            model, opt, ids = _build(row["model"], row["seq_len"], row["batch_size"], device)
+            _step(model, opt, ids)  # warm-up
+            steps[row["model"]] = (lambda model=model, opt=opt, ids=ids: _step(model, opt, ids))
+            times[row["model"]] = []
+        except Exception as exc:
+            row["status"] = _failure(exc)
+    try:
         if device.type == "cuda":
-            torch.cuda.empty_cache()
-    tokens = batch * seq_len
-    return {**row, "status": "ok", "backend": getattr(model, "backend", None), "step_s": step, "step_iqr_s": spread,
-            "steps_timed": timed, "tokens_per_s": tokens / step, "us_per_token": 1e6 * step / tokens,
-            "peak_memory_mb": memory.peak_mb, "flops_per_token": (flops.forward + flops.backward) / tokens,
-            "memory_method": memory.method}
+            from triton.testing import do_bench
+
+            for name, step in steps.items():
+                median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
+                times[name] = (median / 1e3, (high - low) / 1e3, None)  # do_bench does not say how many it timed
+        else:
+            names = list(steps)
+            for turn in range(repeats if names else 0):
+                for name in names[turn % len(names):] + names[: turn % len(names)]:
+                    if name in steps:
+                        try:
+                            times[name].append(Timer("step()", globals={"step": steps[name]},
+                                                     num_threads=torch.get_num_threads()).timeit(1))
+                        except Exception as exc:
+                            next(r for r in rows if r["model"] == name)["status"] = _failure(exc)
+                            del steps[name]
+            for name in steps:
+                m = Measurement.merge(times[name])[0]
+                times[name] = (m.median, m.iqr, len(m.times))
+    finally:
+        steps = None
+        _release(device)
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        step, spread, timed = times[row["model"]]
+        tokens = row["batch_size"] * row["seq_len"]
+        row.update(step_s=step, step_iqr_s=spread, steps_timed=timed, tokens_per_s=tokens / step,
+                   us_per_token=1e6 * step / tokens)
 
 
 def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, models: Sequence[str] | None = None,
@@ -114,13 +162,16 @@ def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, mo
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        for n in lens:  # length by length, every model's steps timed in turns (time_models)
+            at_n = [measure(name, n, tokens // n, dev) for name in names]
+            time_models([r for r in at_n if r["status"] == "ok"], repeats or DEFAULT_REPEATS, dev)
+            rows.extend(at_n)
         for name in names:
-            mine = [measure(name, n, tokens // n, repeats or DEFAULT_REPEATS, dev) for n in lens]
+            mine = [r for r in rows if r["model"] == name]
             first = next((r for r in mine if r["status"] == "ok"), None)
             for r in mine:
                 if r["status"] == "ok" and first is not None:
                     r["per_token_vs_shortest"] = r["us_per_token"] / first["us_per_token"]
-            rows.extend(mine)
     finally:
         torch.set_num_threads(previous_threads)
     from mkeval.engine.measure import describe_device
@@ -129,7 +180,8 @@ def run(seq_lens: Sequence[int] | None = None, batch_size: int | None = None, mo
              f"vocabulary {VOCAB_SIZE}; step = forward + loss + backward + AdamW, median (and IQR) "
              + (f"of the steps triton.testing.do_bench fits in {100 * (repeats or DEFAULT_REPEATS)} ms after its own "
                 "warm-up (it does not say how many: steps_timed is null)." if dev.type == "cuda" else
-                f"of {repeats or DEFAULT_REPEATS} after one warm-up (torch.utils.benchmark; {threads} threads)."),
+                f"of {repeats or DEFAULT_REPEATS} after one warm-up (torch.utils.benchmark; {threads} threads); at "
+                "each length the models' timed steps took turns, so their ratios are not skewed by drift."),
              "per_token_vs_shortest: time per token at this length over the model's time per token at the "
              "shortest length it ran (1.0 = linear cost in length)."]
     if dev.type == "cpu":

@@ -289,6 +289,23 @@ def test_scan_without_D_z_bias_or_softplus_matches_too(kernel, dtype, without):
         torch.testing.assert_close(a.double(), b, rtol=100 * tol, atol=100 * tol * b.abs().max().item())
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("optional", [True, False])
+def test_scan_ops_fake_kernels_give_the_real_shapes_strides_and_dtypes(kernel, optional):
+    """``torch.library.opcheck``: the fake kernels (used by torch.compile and FlopCounterMode's
+    tracing) promise the real results' metadata, strides included, for both custom ops."""
+    u, delta, A, B, C, D, z, bias = (t.detach().float() for t in scan_inputs(2, 70, 3, 9))  # 70: a padded block
+    if not optional:
+        D = z = bias = None
+        delta = delta.abs()  # used as dt directly, without softplus: must be >= 0
+    args = (u, delta, A, B, C, D, z, bias, optional, 4, kernel)
+    torch.library.opcheck(torch.ops.mkeval_mamba.selective_scan.default, args)
+    out, enter, y = torch.ops.mkeval_mamba.selective_scan(*args)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.mkeval_mamba.selective_scan_backward.default,
+                          (grad, u, delta, A, B, C, D, z, bias, enter, y, optional, 4, kernel))
+
+
 @pytest.mark.skipif(not numba_installed(), reason="numba not installed")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_exp_is_within_one_ulp_of_the_rounded_exponential(dtype):
@@ -389,29 +406,35 @@ def test_scan_flop_formulas_match_the_hand_count(full, kernel):
     assert set(counts) == {torch.ops.mkeval_mamba.selective_scan, torch.ops.mkeval_mamba.selective_scan_backward}
 
 
-def analytic_flops_per_token(cfg: MambaConfig, length: int) -> tuple[float, float]:
+def analytic_flops_per_token(cfg: MambaConfig, length: int, backend: str) -> tuple[float, float]:
     """(forward, backward) FLOPs per token of a training step, from the config alone (docs/flops.md)."""
     d, di, n, r, k = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.resolved_dt_rank, cfg.d_conv
     linears = 2 * d * 2 * di + 2 * di * (r + 2 * n) + 2 * r * di + 2 * di * d  # in, x, dt, out projections
-    conv = 2 * di * k * (length + k - 1) / length  # depthwise, over L + k - 1 output positions
-    fwd_layer = linears + conv + di * (7 * n + 10)  # the scan with D, z, delta_bias, softplus
-    bwd_layer = 2 * linears + 2 * conv + di * (20 * n + 27)  # input and weight gradients; the scan's backward
+    if backend == "compiled":  # the causal conv and its silu as one op: 2k + 3 forward, 6k + 9 backward
+        conv_fwd, conv_bwd = di * (2 * k + 3), di * (6 * k + 9)
+    else:  # torch's depthwise conv1d, over L + k - 1 output positions; input and weight gradients
+        conv_fwd = 2 * di * k * (length + k - 1) / length
+        conv_bwd = 2 * conv_fwd
+    fwd_layer = linears + conv_fwd + di * (7 * n + 10)  # the scan with D, z, delta_bias, softplus
+    bwd_layer = 2 * linears + conv_bwd + di * (20 * n + 27)  # input and weight gradients; the scan's backward
     head = 2 * d * cfg.vocab_size  # tied: the embedding matrix
     return cfg.n_layer * fwd_layer + head, cfg.n_layer * bwd_layer + 2 * head
 
 
-def test_step_flops_per_token_match_the_analytic_count(registry):
+@pytest.mark.parametrize("backend", [_COMPILED, "torch"])
+def test_step_flops_per_token_match_the_analytic_count(registry, backend):
     from mkeval.engine.measure import count_step_flops
 
     batch, length = 2, 32
-    model = mkeval.build_model("mamba", VOCAB, length, seed=0, registry=registry)
+    model = mkeval.build_model("mamba", VOCAB, length, seed=0, registry=registry, backend=backend)
     ids = torch.randint(0, VOCAB, (batch, length + 1), generator=torch.Generator().manual_seed(0))
     flops = count_step_flops(model, ids[:, :-1], lambda logits: F.cross_entropy(
         logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1)), registry.flop_formulas)
-    forward, backward = analytic_flops_per_token(model.config, length)
+    assert model.backend == backend
+    forward, backward = analytic_flops_per_token(model.config, length, backend)
     tokens = batch * length
-    assert flops.forward / tokens == pytest.approx(forward, rel=0.05)
-    assert flops.backward / tokens == pytest.approx(backward, rel=0.05)
+    assert flops.forward / tokens == pytest.approx(forward, rel=1e-9)  # the two counts agree exactly
+    assert flops.backward / tokens == pytest.approx(backward, rel=1e-9)
     assert flops.uncounted == {}  # everything but elementwise work has a formula
 
 
