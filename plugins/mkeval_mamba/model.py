@@ -54,6 +54,12 @@ class MambaConfig:
         return math.ceil(self.d_model / 16) if self.dt_rank is None else self.dt_rank
 
 
+def _plain(weight: torch.Tensor) -> bool:
+    """A weight held as an ordinary tensor: not a quantized tensor subclass (torchao's), which
+    supports only the module's own call, so the mixer then takes the layers' usual path."""
+    return type(weight) in (torch.Tensor, nn.Parameter)
+
+
 class Mixer(nn.Module):
     """The Mamba block's mixer: gated, convolved, selective state-space layer (``mamba_ssm``'s ``Mamba``)."""
 
@@ -71,7 +77,7 @@ class Mixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, backend: str) -> torch.Tensor:
         length = hidden.shape[1]
-        if backend == "compiled":
+        if backend == "compiled" and _plain(self.in_proj.weight):
             # x and z as two products, each (batch, L, d_inner) and contiguous, the compiled kernels'
             # layout; one product and its halves would make autograd join their gradients (a copy)
             weights = self.in_proj.weight.chunk(2)
@@ -84,7 +90,7 @@ class Mixer(nn.Module):
             kernels = backends.cuda_kernels()
             weight = self.conv1d.weight.squeeze(1)
             x = kernels.causal_conv1d_fn(x.contiguous(), weight, self.conv1d.bias, activation="silu")
-        elif backend == "compiled":  # the same maths in one compiled op, stored lanes-last like xz
+        elif backend == "compiled" and _plain(self.conv1d.weight):  # the same maths in one compiled op
             x = causal_conv1d_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
         else:
             x = F.silu(self.conv1d(x)[..., :length])  # padding both sides, keep the causal part

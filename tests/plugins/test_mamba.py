@@ -289,6 +289,35 @@ def test_scan_without_D_z_bias_or_softplus_matches_too(kernel, dtype, without):
         torch.testing.assert_close(a.double(), b, rtol=100 * tol, atol=100 * tol * b.abs().max().item())
 
 
+@pytest.mark.skipif(not numba_installed(), reason="numba not installed")
+@pytest.mark.parametrize("shape", [(2, 5, 9, 4), (3, 70, 200, 4), (1, 3, 2, 4), (2, 130, 67, 3), (1, 64, 150, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_compiled_conv_matches_torch_conv1d_and_silu_in_float64(shape, bias):
+    """The compiled causal conv + SiLU against torch's padded conv1d and silu (conv.reference):
+    outputs and the gradients of x, weight and bias. Shapes: padded channel blocks, sequences
+    shorter than the kernel, several of the backward's time tiles, a width-1 kernel."""
+    from mkeval_mamba import conv
+
+    b, d, L, k = shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, d, L, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(d, k, generator=g, dtype=torch.float64, requires_grad=True)
+    bb = torch.randn(d, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    wanted = [t for t in (x, w, bb) if t is not None]
+    out, ref = conv.causal_conv1d_silu(x, w, bb), conv.reference(x, w, bb)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad((out * grad).sum(), wanted), torch.autograd.grad((ref * grad).sum(), wanted)):
+        torch.testing.assert_close(a, e, rtol=1e-11, atol=1e-11)
+    # causal: changing the input at position p changes no output before p
+    p = L // 2
+    x2 = x.detach().clone()
+    x2[:, :, p:] += 1.0
+    assert torch.equal(conv.causal_conv1d_silu(x2, w, bb)[:, :, :p], out.detach()[:, :, :p])
+    torch.library.opcheck(torch.ops.mkeval_mamba.causal_conv1d_silu.default, (x.detach().float(), w.detach().float(),
+                                                                              None if bb is None else bb.detach().float()))
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("optional", [True, False])
 def test_scan_ops_fake_kernels_give_the_real_shapes_strides_and_dtypes(kernel, optional):
