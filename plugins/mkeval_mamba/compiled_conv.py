@@ -34,6 +34,25 @@ def kernels():
     W = LANES
 
     @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    def load_block(wt, bias, d0, w_blk, b_blk):  # pragma: no cover - compiled
+        """The weights and bias of channels ``d0 .. d0 + W - 1``, into the kernel's own arrays."""
+        for l in range(W):
+            b_blk[l] = bias[d0 + l]
+            for i in range(wt.shape[0]):
+                w_blk[i, l] = wt[i, d0 + l]
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+    def pre_activation(x, bi, t, d0, w_blk, b_blk, acc):  # pragma: no cover - compiled
+        """``acc = bias + sum_i w_i x_{t-k+1+i}`` for the block's channels (zeros before the start)."""
+        K = w_blk.shape[0]
+        for l in range(W):
+            acc[l] = b_blk[l]
+        for i in range(max(0, K - 1 - t), K):
+            xr = x[bi, t - (K - 1) + i, d0:d0 + W]
+            for l in range(W):
+                acc[l] += w_blk[i, l] * xr[l]
+
+    @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
     def forward_blocks(x, wt, bias, out, start, stop):  # pragma: no cover - compiled
         """Blocks ``start..stop-1`` (block = b * blocks per row + i) of ``out``; ``x, out``: (batch,
         L, channels); ``wt``: (k, channels), ``bias``: (channels,)."""
@@ -45,17 +64,9 @@ def kernels():
         b_blk, acc = np.empty(W, dtype=x.dtype), np.empty(W, dtype=x.dtype)
         for item in range(start, stop):
             bi, d0 = item // n_blk, (item % n_blk) * W
-            for l in range(W):
-                b_blk[l] = bias[d0 + l]
-                for i in range(K):
-                    w_blk[i, l] = wt[i, d0 + l]
+            load_block(wt, bias, d0, w_blk, b_blk)
             for t in range(L):
-                for l in range(W):
-                    acc[l] = b_blk[l]
-                for i in range(max(0, K - 1 - t), K):
-                    xr = x[bi, t - (K - 1) + i, d0:d0 + W]
-                    for l in range(W):
-                        acc[l] += w_blk[i, l] * xr[l]
+                pre_activation(x, bi, t, d0, w_blk, b_blk, acc)
                 o = out[bi, t, d0:d0 + W]
                 for l in range(W):
                     o[l] = acc[l] / (one + _exp(-acc[l]))
@@ -74,22 +85,14 @@ def kernels():
         sw, sb = np.empty((K, W), dtype=x.dtype), np.empty(W, dtype=x.dtype)
         for item in range(start, stop):
             bi, d0 = item // n_blk, (item % n_blk) * W
-            for l in range(W):
-                b_blk[l] = bias[d0 + l]
-                sb[l] = 0.0
-                for i in range(K):
-                    w_blk[i, l] = wt[i, d0 + l]
-                    sw[i, l] = 0.0
+            load_block(wt, bias, d0, w_blk, b_blk)
+            sw[:] = 0.0
+            sb[:] = 0.0
             for t0 in range(0, L, TILE):
                 t1 = min(L, t0 + TILE)
                 te = min(L, t1 + K - 1)
                 for t in range(t0, te):
-                    for l in range(W):
-                        acc[l] = b_blk[l]
-                    for i in range(max(0, K - 1 - t), K):
-                        xr = x[bi, t - (K - 1) + i, d0:d0 + W]
-                        for l in range(W):
-                            acc[l] += w_blk[i, l] * xr[l]
+                    pre_activation(x, bi, t, d0, w_blk, b_blk, acc)
                     gr, g = gout[bi, t, d0:d0 + W], gp[t - t0]
                     for l in range(W):  # silu'(p) = s (1 + p (1 - s)), s = sigmoid(p)
                         p = acc[l]

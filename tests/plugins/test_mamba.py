@@ -290,6 +290,38 @@ def test_scan_without_D_z_bias_or_softplus_matches_too(kernel, dtype, without):
 
 
 @pytest.mark.skipif(not numba_installed(), reason="numba not installed")
+def test_compiled_work_shared_among_threads_is_bit_identical(monkeypatch):
+    """The scan's and the conv's kernels through the shared-work path (two threads, small
+    pieces) give the bits of one thread, forward and backward: every sum over channels has a
+    fixed slot and order."""
+    from mkeval_mamba import compiled, conv
+
+    inputs = [t.detach().float() for t in scan_inputs(3, 200, 16, 40)]  # 4 blocks of 64 channels, 4 groups
+    w = torch.randn(200, 4, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in inputs + [w]]
+        u, delta, A, B, C, D, z, bias, weight = leaves
+        x = conv.causal_conv1d_silu(u, weight, bias)
+        out = selective_scan(x, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, chunk_size=8,
+                             kernel="compiled")
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(4))).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    alone = run()
+    calls = []
+    share = compiled.share_work
+    monkeypatch.setattr(compiled, "share_work", lambda *a: calls.append(a[1:]) or share(*a))
+    monkeypatch.setattr(compiled, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(compiled, "PIECES_PER_THREAD", 6)  # 12 blocks (or groups) in pieces of one
+    torch.set_num_threads(2)
+    shared = run()
+    assert sorted(set(calls)) == [(12, 2, 1)] and len(calls) == 4  # scan and conv, forward and backward
+    for a, b in zip(alone, shared):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not numba_installed(), reason="numba not installed")
 @pytest.mark.parametrize("shape", [(2, 5, 9, 4), (3, 70, 200, 4), (1, 3, 2, 4), (2, 130, 67, 3), (1, 64, 150, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_compiled_conv_matches_torch_conv1d_and_silu_in_float64(shape, bias):
