@@ -130,3 +130,30 @@ def test_scaling_times_the_models_of_a_length_in_turns(monkeypatch):
     a_times = [0.01 * (i + 1) for i, m in enumerate(calls) if m == "a"][1:]  # the fake clock: calls so far
     assert rows[0]["step_s"] == pytest.approx(float(np.median(a_times)))
     assert rows[0]["us_per_token"] == pytest.approx(1e6 * rows[0]["step_s"] / 16)
+
+
+def test_scaling_on_cuda_gives_each_model_do_bench_and_goes_on_after_a_failure(monkeypatch):
+    """The CUDA branch of time_models, without a GPU: do_bench (faked) per model in turn; one
+    running out of memory is reported so and the next is still timed."""
+    import triton.testing
+
+    import mkeval_scaling
+
+    monkeypatch.setattr(mkeval_scaling, "_build", lambda name, seq_len, batch, device: (name, None, None))
+    monkeypatch.setattr(mkeval_scaling, "_step", lambda model, opt, ids: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    benched = []
+
+    def do_bench(step, warmup, rep, quantiles):
+        benched.append(rep)
+        if len(benched) == 1:
+            raise torch.OutOfMemoryError("simulated")
+        return 2.0, 1.5, 2.5  # ms: median, 25th and 75th percentiles
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    rows = [{"model": m, "seq_len": 8, "batch_size": 2, "status": "ok"} for m in "ab"]
+    mkeval_scaling.time_models(rows, repeats=3, device=torch.device("cuda"))
+    assert benched == [300, 300]
+    assert rows[0]["status"] == "out of memory" and "step_s" not in rows[0]
+    assert rows[1]["step_s"] == pytest.approx(0.002) and rows[1]["step_iqr_s"] == pytest.approx(0.001)
+    assert rows[1]["steps_timed"] is None and rows[1]["tokens_per_s"] == pytest.approx(16 / 0.002)

@@ -9,7 +9,7 @@ at a time::
 **Layout.** Channels are independent, so the kernels work on a block of ``LANES`` channels
 side by side: every loop over a block's channels (its "lanes") is a vector loop of known
 length, with no sum across lanes except dB's and dC's. Inputs and results are (batch, L,
-channels), the layout of the mixer's projections (``lanes_last``), so dt, z and the incoming
+channels), the layout of the mixer's projections (stored "lanes-last"), so dt, z and the incoming
 gradient need no copy and the scan's results none on the way to ``out_proj``. (An earlier
 kernel vectorised over the ``d_state`` states of one channel: with 16 states its loops were
 too short, and its backward took 4.3x its forward; this one takes about 2x.)
@@ -347,14 +347,9 @@ def padded(d: int) -> int:
     return -(-d // LANES) * LANES
 
 
-def lanes_last(b: int, d: int, length: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """An empty (batch, d, L) tensor stored as (batch, L, d): the layout of the kernels' results."""
-    return torch.empty((b, length, d), dtype=dtype, device=device).transpose(1, 2)
-
-
 def _lanes(t: torch.Tensor | None, ct: torch.dtype, dp: int) -> np.ndarray:
     """(batch, channels, L) -> C-contiguous (batch, L, dp) in ``ct``, channels zero-padded to ``dp``;
-    no copy when ``t`` is already stored so (as the mixer's dt, gate gradient and dout are)."""
+    no copy when ``t`` is already stored so (as the mixer's x, dt, z and incoming gradient are)."""
     if t is None:
         return torch.empty((0, 0, 0), dtype=ct).numpy()
     tl = t.detach().transpose(1, 2).to(ct)
@@ -392,7 +387,7 @@ def forward(dt, u, A, B, C, D, z, chunk: int):
     """``(out, enter, y)`` in ``dt``'s (compute) dtype: the scan's output (batch, channels, L), the
     state entering each chunk of ``chunk`` steps, (chunks, batch * channels * states), and (with
     ``z``; else None) the output before the gate. ``dt`` is the step (bias and softplus applied); B
-    and C are (batch, states, L). Results are stored lanes-last (``lanes_last``)."""
+    and C are (batch, states, L). Results are (batch, ·, L) tensors stored as (batch, L, ·)."""
     ct = dt.dtype
     b, d, L = dt.shape
     n = A.shape[1]

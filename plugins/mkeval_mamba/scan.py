@@ -269,7 +269,7 @@ def _compiled(u):
 def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size):
     """As ``_scan_forward``, with the recurrence, ``D u`` and the gate in ``compiled.py``; ``enter``
     has the same layout. dt's bias and softplus stay in torch. Results are stored lanes-last
-    (``compiled.lanes_last``), the layout of the mixer's projections."""
+    (``_lanes_last``), the layout of the mixer's projections."""
     ct = _compute_dtype(u.dtype)
     dt = _delta_full(delta, delta_bias, ct)
     dt = F.softplus(dt) if delta_softplus else dt

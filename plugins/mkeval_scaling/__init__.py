@@ -54,6 +54,10 @@ def _failure(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {str(exc)[:200]}"
 
 
+def _fail(rows: list[dict[str, Any]], name: str, exc: BaseException) -> None:
+    next(r for r in rows if r["model"] == name)["status"] = _failure(exc)
+
+
 def _build(name: str, seq_len: int, batch: int, device: torch.device):
     from mkeval.engine.models import build_model
 
@@ -103,6 +107,7 @@ def time_models(rows: list[dict[str, Any]], repeats: int, device: torch.device) 
     drifts slows every model alike and the ratios between them hold; on CUDA each model gets
     ``triton.testing.do_bench`` in turn."""
     steps, times = {}, {}
+    model = opt = ids = None
     for row in rows:
         try:
             model, opt, ids = _build(row["model"], row["seq_len"], row["batch_size"], device)
@@ -115,9 +120,13 @@ def time_models(rows: list[dict[str, Any]], repeats: int, device: torch.device) 
         if device.type == "cuda":
             from triton.testing import do_bench
 
-            for name, step in steps.items():
-                median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
-                times[name] = (median / 1e3, (high - low) / 1e3, None)  # do_bench does not say how many it timed
+            for name, step in list(steps.items()):
+                try:
+                    median, low, high = do_bench(step, warmup=0, rep=100 * repeats, quantiles=[0.5, 0.25, 0.75])
+                    times[name] = (median / 1e3, (high - low) / 1e3, None)  # do_bench does not say how many it timed
+                except Exception as exc:
+                    _fail(rows, name, exc)
+                    del steps[name]
         else:
             names = list(steps)
             for turn in range(repeats if names else 0):
@@ -127,13 +136,13 @@ def time_models(rows: list[dict[str, Any]], repeats: int, device: torch.device) 
                             times[name].append(Timer("step()", globals={"step": steps[name]},
                                                      num_threads=torch.get_num_threads()).timeit(1))
                         except Exception as exc:
-                            next(r for r in rows if r["model"] == name)["status"] = _failure(exc)
+                            _fail(rows, name, exc)
                             del steps[name]
             for name in steps:
                 m = Measurement.merge(times[name])[0]
                 times[name] = (m.median, m.iqr, len(m.times))
     finally:
-        steps = None
+        steps = model = opt = ids = None
         _release(device)
     for row in rows:
         if row["status"] != "ok":
