@@ -3,8 +3,9 @@
 For each sequence length N and each backend, the causal op runs on ``batch x channels``
 independent float32 systems; forward (no grad) and forward+backward are timed with the
 libraries made for it: ``torch.utils.benchmark.Timer.blocked_autorange`` on CPU (its block
-size estimate is the warm-up; ``repeats x 0.1 s`` of timed blocks, topped up with single calls
-to at least ``repeats`` samples when a call is longer than that; ``calls`` says how many ran) and
+size estimate is the warm-up; at each N every backend's forward and forward+backward take
+turns, ``repeats`` rounds of 0.1 s of timed blocks each, merged, so that a machine whose speed
+drifts during the run cannot skew the speedups; ``calls`` says how many ran) and
 ``triton.testing.do_bench`` on CUDA (cache flushed between calls). Each time is the median
 with its interquartile range. ``loop`` is the straightforward per-position PyTorch loop
 (``reference.resolvent_diagonal_loop``, differentiated by autograd); speedups are against
@@ -89,6 +90,26 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device) -> Timi
     return Timing(1e3 * m.median, 1e3 * m.iqr, calls)
 
 
+def time_in_turns(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+    """CPU: time every callable of ``calls`` in turns, ``repeats`` rounds (the order rotated each
+    round), each turn one ``Timer.blocked_autorange`` of ``SECONDS_PER_REPEAT`` s, merged per
+    callable: a machine whose speed drifts during the run then slows every callable alike, and
+    the ratios between them (the speedups) hold. Each callable gets at least ``repeats`` samples."""
+    from torch.utils.benchmark import Measurement, Timer
+
+    names = list(calls)
+    samples: dict[str, list] = {name: [] for name in names}
+    for turn in range(repeats if names else 0):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            timer = Timer("fn()", globals={"fn": calls[name]}, num_threads=torch.get_num_threads())
+            samples[name].append(timer.blocked_autorange(min_run_time=SECONDS_PER_REPEAT))
+    timings = {}
+    for name, ms in samples.items():
+        m = Measurement.merge(ms)[0]
+        timings[name] = Timing(1e3 * m.median, 1e3 * m.iqr, sum(len(x.raw_times) * x.number_per_run for x in ms))
+    return timings
+
+
 def op_callables(backend: str, inputs: dict[str, torch.Tensor]) -> tuple[Callable[[], Any], Callable[[], Any]]:
     """(forward, forward+backward) closures for ``backend`` (one of BACKENDS, or ``loop``)."""
     diag = inputs["diag"].clone().requires_grad_()
@@ -162,12 +183,18 @@ def measure(
     for n in seq_lens:
         inputs = make_inputs(batch, channels, n, device)
         base: dict[str, float] = {}
+        calls: dict[tuple[str, str], Callable[[], Any]] = {}
         for backend in backends:
             if backend in ("loop", "reference") and n > loop_max_n:
                 notes.append(f"{backend} skipped at N={n} (per-position loops are too slow beyond N={loop_max_n})")
                 continue
-            fwd, fwd_bwd = op_callables(backend, inputs)
-            f, fb = time_call(fwd, repeats, device), time_call(fwd_bwd, repeats, device)
+            calls[backend, "fwd"], calls[backend, "fwd_bwd"] = op_callables(backend, inputs)
+        if device.type == "cuda":
+            timed = {key: time_call(fn, repeats, device) for key, fn in calls.items()}
+        else:  # in turns, so that the speedups are ratios of times taken side by side
+            timed = time_in_turns(calls, repeats)
+        for backend in dict.fromkeys(b for b, _ in calls):
+            f, fb = timed[backend, "fwd"], timed[backend, "fwd_bwd"]
             row: dict[str, Any] = dict(
                 backend=backend, N=n, batch=batch, channels=channels, threads=torch.get_num_threads(),
                 neighbour=neighbour, fwd_ms=f.median_ms, fwd_iqr_ms=f.iqr_ms, fwd_bwd_ms=fb.median_ms,

@@ -462,6 +462,32 @@ def test_bench_rows_and_ratios():
     assert "torch.utils.benchmark" in result.meta["timer"]
 
 
+def test_bench_times_backends_in_turns(monkeypatch):
+    """On CPU the callables of one length take turns, round after round with the order rotated,
+    so that a drifting machine slows each alike; each gets one sample per round, merged."""
+    import torch.utils.benchmark
+    from torch.utils.benchmark.utils.common import Measurement, TaskSpec
+
+    from mkeval_bk.bench import SECONDS_PER_REPEAT, time_in_turns
+
+    order = []
+
+    class OneCallTimer:
+        def __init__(self, stmt, globals, num_threads):
+            self.fn = globals["fn"]
+
+        def blocked_autorange(self, min_run_time):
+            assert min_run_time == SECONDS_PER_REPEAT
+            self.fn()
+            return Measurement(2, [0.001 * len(order)], TaskSpec("fn()", "pass"))  # a block of 2 calls
+
+    monkeypatch.setattr(torch.utils.benchmark, "Timer", OneCallTimer)
+    timings = time_in_turns({name: (lambda name=name: order.append(name)) for name in "abc"}, repeats=3)
+    assert order == list("abc") + list("bca") + list("cab")
+    # the fake clock: a's samples were taken as calls 1, 6 and 8 (ms per call: block time / 2)
+    assert timings["a"].median_ms == pytest.approx(1e3 * 0.006 / 2) and timings["a"].calls == 6
+
+
 @pytest.mark.skipif(not NUMBA, reason="numba not installed")
 def test_bench_measures_first_use_and_a_busy_neighbour():
     """The CPU extras run and report (their values are timings, not checked here)."""
