@@ -183,6 +183,34 @@ def test_gradients_match_autograd_through_the_loop(dtype, causal, backend):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 
 
+@pytest.mark.parametrize("backend", FAST)
+def test_gradients_of_broadcast_and_strided_inputs_match_autograd_through_the_loop(backend):
+    # off shared over the batch, z per channel, diag a transposed (non-contiguous) view: the op
+    # sees expanded and strided tensors, and autograd sums the gradients of the expanded ones
+    d_t, off = _system((3, 2), 40, seed=3)
+    diag = d_t.transpose(0, 1)  # [2, 3, 40], not contiguous
+    off = off[:, 0]  # [3, 39], broadcast over the first dimension
+    zr = torch.tensor([-0.5, 0.1, 0.8], dtype=torch.float64)
+    zi = torch.tensor([0.3, 0.6, 1.2], dtype=torch.float64)
+    weights = torch.randn(2, 3, 40, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def grads(fn, *inputs):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        d = leaves[0].transpose(0, 1)
+        o = leaves[1] if fn is resolvent_diagonal else leaves[1].expand(2, 3, 39)
+        z = torch.complex(leaves[2], leaves[3])
+        (torch.view_as_real(fn(d, o, z if fn is resolvent_diagonal else z.expand(2, 3), True)) * weights).sum().backward()
+        return [t.grad for t in leaves]
+
+    assert not diag.is_contiguous()
+    with forced_backend(backend):
+        ours = grads(resolvent_diagonal, d_t, off, zr, zi)
+    theirs = grads(reference.resolvent_diagonal_loop, d_t, off, zr, zi)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * b.abs().max().item())
+
+
 # --------------------------------------------------------------------------- triton (interpreter)
 # triton.jit chooses interpreter or compiler when it decorates, triton's own library included,
 # so TRITON_INTERPRET=1 must be set before triton is imported: these tests run in a fresh

@@ -237,41 +237,56 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _rows(t: torch.Tensor, *shape: int, dtype: np.dtype | None = None) -> np.ndarray:
+    """``t`` as a C-contiguous numpy array of ``shape`` (a view when it is one already, e.g.
+    ``[..., N] -> [S, N]``; a copy of an expanded or strided tensor): numpy's reshape costs a
+    fraction of a torch op's dispatch, which at small sizes is most of the op's time."""
+    return np.ascontiguousarray(t.detach().numpy(), dtype=dtype).reshape(shape)
+
+
 def _float64(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().numpy(), dtype=np.float64)  # numpy: cheaper than a torch op here
 
 
 def _couplings(b: torch.Tensor, s: int, n: int) -> np.ndarray:
-    return _np(b) if n > 1 else torch.zeros((s, 1), dtype=b.dtype).numpy()  # never read when N = 1
+    return _rows(b, s, n - 1) if n > 1 else np.zeros((s, 1), dtype=_NUMPY[b.dtype])  # never read when N = 1
 
 
 def _real(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float32, torch.complex64) else torch.float64
 
 
-def op_forward(a: torch.Tensor, b: torch.Tensor, zr: torch.Tensor, zi: torch.Tensor) -> torch.Tensor | None:
-    """The causal op's output ``[S, N, 2]`` in ``a``'s dtype, from ``a [S, N]``, ``b [S, N-1]``
-    and ``zr, zi [S]``; None when an input is not finite or ``Im z <= 0`` (the caller's checks
-    then say which), so that a valid call runs no PyTorch op over the positions."""
-    s, n = a.shape
-    out = torch.empty((s, n, 2), dtype=a.dtype)
+_NUMPY = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def op_forward(diag: torch.Tensor, off: torch.Tensor, z_re: torch.Tensor, z_im: torch.Tensor) -> torch.Tensor | None:
+    """The causal op's output ``[..., N, 2]`` in ``diag``'s dtype, from the op's own inputs
+    (``diag [..., N]``, ``off [..., N-1]``, ``z_re, z_im`` of the batch shape ``[...]``); None
+    when an input is not finite or ``Im z <= 0`` (the caller's checks then say which), so that
+    a valid call runs no PyTorch op over the positions."""
+    n = diag.shape[-1]
+    s = diag.numel() // n
+    out = torch.empty(diag.shape + (2,), dtype=diag.dtype)
     bad = np.zeros(-(-s // GROUP), dtype=np.int64)
-    _run(_forward_groups, s, n, _np(a), _couplings(b, s, n), _float64(zr), _float64(zi), out.numpy(), bad)
+    _run(_forward_groups, s, n, _rows(diag, s, n), _couplings(off, s, n), _rows(z_re, s, dtype=np.float64),
+         _rows(z_im, s, dtype=np.float64), out.numpy().reshape(s, n, 2), bad)
     return None if bad.any() else out
 
 
 def op_backward(
-    grad: torch.Tensor, out: torch.Tensor, b: torch.Tensor
+    grad: torch.Tensor, out: torch.Tensor, diag: torch.Tensor, off: torch.Tensor, z_re: torch.Tensor,
+    z_im: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for ``diag [S, N]``, ``off [S, N-1]``, ``Re z [S]`` and ``Im z [S]`` of the causal
-    op, from its output ``out`` and that output's gradient ``grad`` (``[S, N, 2]`` each)."""
-    s, n = out.shape[0], out.shape[1]
-    dtype = out.dtype
-    g_diag, g_off = torch.empty((s, n), dtype=dtype), torch.empty((s, n - 1), dtype=dtype)
-    g_zr, g_zi = torch.empty(s, dtype=dtype), torch.empty(s, dtype=dtype)
-    g_off_np = g_off.numpy() if n > 1 else torch.empty((s, 1), dtype=dtype).numpy()  # never written when N = 1
-    _run(_gradient_groups, s, n, _np(out), _couplings(b, s, n), _np(grad.to(dtype)), g_diag.numpy(), g_off_np,
-         g_zr.numpy(), g_zi.numpy())
+    """Gradients for ``diag``, ``off``, ``z_re`` and ``z_im`` (in their shapes) of the causal op,
+    from its output ``out`` and that output's gradient ``grad`` (``[..., N, 2]`` each)."""
+    n = diag.shape[-1]
+    s = diag.numel() // n
+    dtype = diag.dtype
+    g_diag, g_off = torch.empty(diag.shape, dtype=dtype), torch.empty(off.shape, dtype=dtype)
+    g_zr, g_zi = torch.empty(z_re.shape, dtype=dtype), torch.empty(z_im.shape, dtype=dtype)
+    g_off_np = g_off.numpy().reshape(s, n - 1) if n > 1 else np.empty((s, 1), dtype=_NUMPY[dtype])  # unwritten at N = 1
+    _run(_gradient_groups, s, n, _rows(out, s, n, 2), _couplings(off, s, n), _rows(grad, s, n, 2, dtype=_NUMPY[dtype]),
+         g_diag.numpy().reshape(s, n), g_off_np, g_zr.numpy().reshape(s), g_zi.numpy().reshape(s))
     return g_diag, g_off, g_zr, g_zi
 
 

@@ -71,17 +71,23 @@ def _triton_module(device: torch.device) -> ModuleType:
     return triton_kernels
 
 
+_compiled: ModuleType | None = None  # compiled.py once imported (an import statement per call costs microseconds)
+
+
 def _compiled_module(device: torch.device) -> ModuleType:
+    global _compiled
     if device.type != "cpu":
         raise BackendUnavailable(f"the compiled backend runs on CPU tensors, not {device.type}; use triton or cpu")
-    try:
-        from . import compiled
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"the compiled backend needs the `numba` package ({exc}); `pip install numba`, or use "
-            f"{BACKEND_ENV}=cpu for the chunked PyTorch scan"
-        ) from exc
-    return compiled
+    if _compiled is None:
+        try:
+            from . import compiled
+        except ImportError as exc:
+            raise BackendUnavailable(
+                f"the compiled backend needs the `numba` package ({exc}); `pip install numba`, or use "
+                f"{BACKEND_ENV}=cpu for the chunked PyTorch scan"
+            ) from exc
+        _compiled = compiled
+    return _compiled
 
 
 def _numba_installed() -> bool:
@@ -258,11 +264,11 @@ def resolvent_diagonal_op(diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor,
     backend = _backend(diag.device)
     if causal and diag.numel() and hasattr(backend, "op_forward"):
         # a fused backend checks the values itself, and returns None if one is bad
-        out = backend.op_forward(*_flat(diag, off, z_re, z_im))
+        out = backend.op_forward(diag, off, z_re, z_im)
         if out is None:
             _check_values(diag, off, z_re, z_im)  # raises, naming the first bad entry
             raise RuntimeError(f"the {backend_name(diag.device)} backend refused inputs that pass the value checks")
-        return out.reshape(diag.shape + (2,))
+        return out
     _check_values(diag, off, z_re, z_im)
     if diag.numel() == 0:
         return diag.new_zeros(diag.shape + (2,))
@@ -285,10 +291,7 @@ def resolvent_diagonal_backward_op(
         return torch.zeros_like(diag), torch.zeros_like(off), torch.zeros_like(z_re), torch.zeros_like(z_im)
     backend = _backend(diag.device)
     if causal and hasattr(backend, "op_backward"):
-        n = diag.shape[-1]
-        s = diag.numel() // n
-        grads = backend.op_backward(grad.reshape(s, n, 2), out.reshape(s, n, 2), off.reshape(s, n - 1))
-        return tuple(g.reshape(t.shape) for g, t in zip(grads, (diag, off, z_re, z_im)))
+        return backend.op_backward(grad, out, diag, off, z_re, z_im)
     return tuple(t.contiguous() for t in _backward(grad, out, diag, off, z_re, z_im, causal))
 
 
@@ -381,11 +384,13 @@ def _call(diag: Tensor, off: Tensor, z_re: Tensor, z_im: Tensor, causal: bool) -
             f"z {tuple(z_re.shape)}"
         ) from exc
     n = diag.shape[-1]
+    # expand only what needs it: an expand of a tensor that requires grad is a node in the
+    # autograd graph, a few microseconds each way when the op itself takes tens
     return torch.ops.mkeval_bk.resolvent_diagonal(
-        diag.expand(batch + (n,)),
-        off.expand(batch + (n - 1,)),
-        z_re.expand(batch),
-        z_im.expand(batch),
+        diag if diag.shape[:-1] == batch else diag.expand(batch + (n,)),
+        off if off.shape[:-1] == batch else off.expand(batch + (n - 1,)),
+        z_re if z_re.shape == batch else z_re.expand(batch),
+        z_im if z_im.shape == batch else z_im.expand(batch),
         causal,
     )
 
