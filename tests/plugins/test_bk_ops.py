@@ -527,3 +527,27 @@ def test_bench_measures_first_use_and_a_busy_neighbour():
     assert result.meta["first_use_s"] > 0
     assert any("busy neighbour, compiled at N=2048" in note for note in result.notes)
     assert any("new process with the kernel cache warm" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("backend", DEFAULTS)
+def test_custom_ops_pass_opcheck_and_the_backward_op_takes_a_wider_gradient(backend, causal):
+    # torch.library.opcheck: schema, fake kernels (shapes, strides, dtypes), autograd
+    # registration and AOT dispatch, on broadcast (expanded) batch inputs as _call passes them
+    diag, off = _system((2, 3), 20, dtype=torch.float32, seed=4)
+    zr = torch.tensor([-0.5, 0.1, 0.8]).expand(2, 3)
+    zi = torch.tensor([0.3, 0.6, 1.2]).expand(2, 3)
+    grad = torch.randn(2, 3, 20, 2, generator=torch.Generator().manual_seed(8))
+    with forced_backend(backend):
+        torch.library.opcheck(
+            torch.ops.mkeval_bk.resolvent_diagonal.default,
+            (diag.requires_grad_(), off[0].expand(2, 3, 19).requires_grad_(), zr, zi, causal),
+        )
+        out = torch.ops.mkeval_bk.resolvent_diagonal(diag, off, zr, zi, causal)
+        args = (out.detach(), diag.detach(), off, zr, zi, causal)
+        torch.library.opcheck(torch.ops.mkeval_bk.resolvent_diagonal_backward.default, (grad, *args))
+        narrow = torch.ops.mkeval_bk.resolvent_diagonal_backward(grad, *args)
+        wide = torch.ops.mkeval_bk.resolvent_diagonal_backward(grad.double(), *args)  # float32 values, exact in float64
+    for a, b, t in zip(narrow, wide, (diag, off, zr, zi)):
+        assert a.shape == t.shape and a.dtype == torch.float32
+        assert torch.equal(a, b)

@@ -285,7 +285,8 @@ def op_backward(
     g_diag, g_off = torch.empty(diag.shape, dtype=dtype), torch.empty(off.shape, dtype=dtype)
     g_zr, g_zi = torch.empty(z_re.shape, dtype=dtype), torch.empty(z_im.shape, dtype=dtype)
     g_off_np = g_off.numpy().reshape(s, n - 1) if n > 1 else np.empty((s, 1), dtype=_NUMPY[dtype])  # unwritten at N = 1
-    _run(_gradient_groups, s, n, _rows(out, s, n, 2), _couplings(off, s, n), _rows(grad, s, n, 2, dtype=_NUMPY[dtype]),
+    grad = grad if grad.dtype == dtype else grad.to(dtype)
+    _run(_gradient_groups, s, n, _rows(out, s, n, 2), _couplings(off, s, n), _rows(grad, s, n, 2),
          g_diag.numpy().reshape(s, n), g_off_np, g_zr.numpy().reshape(s), g_zi.numpy().reshape(s))
     return g_diag, g_off, g_zr, g_zi
 
