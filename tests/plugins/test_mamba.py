@@ -314,8 +314,12 @@ def test_compiled_work_shared_among_threads_is_bit_identical(monkeypatch):
     monkeypatch.setattr(compiled, "share_work", lambda *a: calls.append(a[1:]) or share(*a))
     monkeypatch.setattr(compiled, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(compiled, "PIECES_PER_THREAD", 6)  # 12 blocks (or groups) in pieces of one
-    torch.set_num_threads(2)
-    shared = run()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # the kernels share work among torch's intra-op threads
+    try:
+        shared = run()
+    finally:
+        torch.set_num_threads(previous)
     assert sorted(set(calls)) == [(12, 2, 1)] and len(calls) == 4  # scan and conv, forward and backward
     for a, b in zip(alone, shared):
         assert torch.equal(a, b)
